@@ -1,0 +1,1 @@
+"""Dataset readers, location and verification, and conversion to training arrays."""

