@@ -1,0 +1,64 @@
+"""Hydra's basic sweeper, with the seed sweep added by default and every job validated up front.
+
+`python -m src.train -m dataset=mnist,fmnist` must run ten repeats (seeds 0 .. repeats-1) of each
+configuration without the user typing the seeds, while `-m seed=0,1,2` keeps full control. And a
+bad value anywhere in the sweep (`-m epochs=10,-1`) must stop the sweep before its first job
+trains, not halfway through.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from src.config import ConfigError, validate_config
+
+log = logging.getLogger(__name__)
+
+# Read by src.train to print "job N of TOTAL"; the basic launcher runs jobs in this process.
+JOB_COUNT_VARIABLE = "KBS_SWEEP_JOB_COUNT"
+
+
+class RepeatsSweeper(BasicSweeper):
+    def sweep(self, arguments: list[str]) -> Any:
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        keys = {override.get_key_element() for override in parser.parse_overrides(arguments)}
+        if "repeats" in keys and any(
+            override.get_key_element() == "repeats" and override.is_sweep_override()
+            for override in parser.parse_overrides(arguments)
+        ):
+            _stop(
+                "repeats cannot be swept: it sets how many seeds each configuration runs. "
+                "Sweep seed instead (-m seed=0,1,2)."
+            )
+
+        if "seed" not in keys:
+            repeats = self.config.repeats
+            if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+                _stop("repeats={} is invalid: expected a whole number >= 1.".format(repeats))
+            arguments = [*arguments, "seed=range(0,{})".format(repeats)]
+        return super().sweep(arguments)
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Compose and validate every job of the batch; stop the sweep on the first bad one."""
+        loader = self.hydra_context.config_loader
+        for overrides in batch:
+            job_config = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
+            try:
+                validate_config(job_config)
+            except ConfigError as error:
+                _stop("{}\n(in the job with overrides: {})".format(error, " ".join(overrides)))
+        os.environ[JOB_COUNT_VARIABLE] = str(len(batch))
+        log.info("Sweep of %d jobs validated; starting.", len(batch))
+
+
+def _stop(message: str) -> None:
+    # A user error, not a crash: print it plainly instead of Hydra's traceback.
+    sys.stderr.write("Error: {}\n".format(message))
+    sys.exit(2)
