@@ -1,0 +1,1 @@
+"""Experiment suite comparing Keras backends on the paper CNN; see README.md."""

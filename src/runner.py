@@ -1,0 +1,368 @@
+"""One run, start to finish: check inputs, open an MLflow run, train in a child process, record.
+
+The Hydra job (this process) is the only one that talks to MLflow. The training process reports
+each epoch as it finishes and this module logs it at once, so the MLflow UI follows a live run.
+Whatever happens to the training process, the MLflow run ends FINISHED, FAILED or KILLED with the
+epochs it completed, its times and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from omegaconf import DictConfig, OmegaConf
+
+from src import environment
+from src.config import config_id, config_label, flatten, plain_config, validate_config
+from src.data.sources import locate_dataset
+from src.plots import plot_learning_curve
+from src.supervisor import WorkerResult, run_worker
+from src.tracking import REPOSITORY_ROOT, open_experiment, resolve_tracking_uri
+from src.worker import EXIT_GPU_UNAVAILABLE
+
+log = logging.getLogger(__name__)
+
+RUNTIME_PYTHONS = {"modern": Path(sys.executable), "legacy": REPOSITORY_ROOT / ".venv-legacy" / "bin" / "python"}
+RUNTIME_INSTALL_HINTS = {"legacy": "bash scripts/setup.sh --legacy"}
+
+
+class RunFailed(RuntimeError):
+    """A run that did not finish; it is recorded in MLflow as FAILED or KILLED with the reason."""
+
+
+class RuntimeMissing(RuntimeError):
+    """The Python environment a backend needs is not installed."""
+
+
+@dataclass
+class JobPosition:
+    """Where a run sits in its sweep, for progress lines."""
+
+    number: int = 1
+    total: int | None = None
+    multirun: bool = False
+
+    def describe(self) -> str:
+        return "{}/{}".format(self.number, self.total) if self.total else str(self.number)
+
+
+@dataclass
+class RunRecord:
+    """What the training process reported, gathered for the end-of-run record."""
+
+    history: list[dict] = field(default_factory=list)
+    runtime: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    model_summary: str = ""
+    finished: dict | None = None
+    error: dict | None = None
+    worker_pid: int | None = None
+
+
+def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[str, float]:
+    """Train the configured model once, record it in MLflow and return its final metrics.
+
+    Raises ConfigError, DatasetError or RuntimeMissing before any MLflow run exists, and
+    RunFailed after the run has been recorded as FAILED or KILLED.
+    """
+    position = position or JobPosition()
+    validate_config(cfg)
+    python = _runtime_python(cfg)
+    located = locate_dataset(cfg.dataset, cfg.cache_dir)
+
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    client, experiment_id = open_experiment(tracking_uri, cfg.tracking.experiment_name)
+    label = config_label(cfg)
+    run = client.create_run(
+        experiment_id,
+        run_name="{}-seed{}".format(label.replace("/", "-"), cfg.seed),
+        tags=_initial_tags(cfg, label, located.source),
+    )
+    run_id = run.info.run_id
+    log.info("[%s] %s seed=%s: MLflow run %s in %s", position.describe(), label, cfg.seed, run_id, tracking_uri)
+
+    record = RunRecord()
+    with tempfile.TemporaryDirectory(prefix="run-") as scratch:
+        scratch_dir = Path(scratch)
+        result = WorkerResult()
+        try:
+            _log_inputs(client, run_id, cfg, located.as_dict(), scratch_dir)
+            result = _train_in_child(client, run_id, cfg, python, located.as_dict(), record, position, scratch_dir)
+        except KeyboardInterrupt as interrupt:
+            result = getattr(interrupt, "worker_result", result)
+            result.interrupted = True
+            _finish(client, run_id, cfg, label, record, result, scratch_dir)
+            raise
+        except BaseException as error:
+            record.error = record.error or {"kind": type(error).__name__, "message": str(error), "traceback": ""}
+            _finish(client, run_id, cfg, label, record, result, scratch_dir)
+            raise
+        return _finish(client, run_id, cfg, label, record, result, scratch_dir)
+
+
+def _runtime_python(cfg: DictConfig) -> Path:
+    runtime = cfg.backend.runtime
+    python = RUNTIME_PYTHONS.get(runtime)
+    if python is None:
+        raise RuntimeMissing(
+            "backend.runtime={} is not a runtime; choose one of: {}.".format(runtime, ", ".join(RUNTIME_PYTHONS))
+        )
+    if not python.exists():
+        raise RuntimeMissing(
+            "backend={} needs the {} runtime, but {} does not exist. Install it with `{}`.".format(
+                cfg.backend.name, runtime, python, RUNTIME_INSTALL_HINTS.get(runtime, "bash scripts/setup.sh")
+            )
+        )
+    return python
+
+
+def _initial_tags(cfg: DictConfig, label: str, data_source: str) -> dict[str, str]:
+    hydra_cfg = hydra.core.hydra_config.HydraConfig.get() if hydra.core.hydra_config.HydraConfig.initialized() else None
+    git = environment.git_state(REPOSITORY_ROOT)
+    tags = {
+        "config_id": config_id(cfg),
+        "config_name": label,
+        "dataset": cfg.dataset.name,
+        "backend": cfg.backend.name,
+        "device": cfg.device.name,
+        "topology": cfg.topology.name,
+        "model": cfg.model.name,
+        "seed": str(cfg.seed),
+        "runtime": cfg.backend.runtime,
+        "data_source": data_source,
+        "cpu": environment.cpu_description(),
+        "gpu": environment.nvidia_gpus(),
+        "mlflow.source.name": "src.train",
+        "mlflow.source.type": "LOCAL",
+        "version.mlflow": mlflow.__version__,
+        "version.hydra": hydra.__version__,
+    }
+    if git:
+        tags["mlflow.source.git.commit"] = git["commit"]
+        tags["git_dirty"] = git["dirty"]
+    if hydra_cfg is not None:
+        tags["hydra.overrides"] = " ".join(hydra_cfg.overrides.task)
+        tags["hydra.output_dir"] = hydra_cfg.runtime.output_dir
+    tags.update({"env." + name: value for name, value in environment.thread_environment().items()})
+    return tags
+
+
+def _log_inputs(client, run_id: str, cfg: DictConfig, located: dict, scratch_dir: Path) -> None:
+    params = [Param(key, value[:6000]) for key, value in flatten(plain_config(cfg)).items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start : start + 100])
+
+    config_file = scratch_dir / "config.yaml"
+    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    dataset_file = scratch_dir / "dataset.json"
+    dataset_file.write_text(json.dumps(located, indent=2))
+    client.log_artifact(run_id, str(config_file))
+    client.log_artifact(run_id, str(dataset_file))
+    client.set_tag(run_id, "dataset_sha256", json.dumps(located["sha256"], sort_keys=True))
+
+
+def _train_in_child(client, run_id, cfg, python, located, record, position, scratch_dir) -> WorkerResult:
+    progress = _progress_mode(cfg, position)
+    spec_file = scratch_dir / "spec.json"
+    spec_file.write_text(json.dumps({"config": plain_config(cfg), "dataset": located, "progress": progress}))
+
+    def on_report(report: dict) -> None:
+        _handle_report(client, run_id, cfg, report, record, position, echo_epochs=progress == "none")
+
+    def on_start(pid: int) -> None:
+        record.worker_pid = pid
+        client.set_tag(run_id, "worker_pid", str(pid))
+
+    with open(scratch_dir / "worker.log", "w") as worker_log:
+        return run_worker(
+            [str(python), "-m", "src.worker", str(spec_file)],
+            env=_worker_environment(cfg),
+            cwd=REPOSITORY_ROOT,
+            stdout=None if progress in ("bar", "line") else worker_log,
+            stderr=worker_log,
+            on_report=on_report,
+            on_start=on_start,
+        )
+
+
+def _progress_mode(cfg: DictConfig, position: JobPosition) -> str:
+    if position.multirun:
+        return "none"
+    if cfg.progress == "auto":
+        return "bar" if sys.stdout.isatty() else "line"
+    return cfg.progress
+
+
+def _worker_environment(cfg: DictConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env["KERAS_BACKEND"] = cfg.backend.keras_backend
+    env["PYTHONHASHSEED"] = str(cfg.seed)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(REPOSITORY_ROOT)
+    if cfg.device.name == "cpu":
+        # Hides every CUDA device from the backend, so that no kernel can land on a GPU.
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+    if cfg.threads.intra_op:
+        env["TF_NUM_INTRAOP_THREADS"] = str(cfg.threads.intra_op)
+    if cfg.threads.inter_op:
+        env["TF_NUM_INTEROP_THREADS"] = str(cfg.threads.inter_op)
+    return env
+
+
+def _handle_report(client, run_id, cfg, report, record, position, echo_epochs) -> None:
+    event = report["event"]
+    if event == "epoch":
+        record.history.append(report)
+        step = report["epoch"]
+        now = int(time.time() * 1000)
+        names = ("val_error", "val_loss", "train_error", "train_loss", "epoch_time_s")
+        client.log_batch(run_id, metrics=[Metric(name, float(report[name]), now, step) for name in names])
+        if echo_epochs:
+            log.info(
+                "[%s] %s seed=%s epoch %d/%d: val_error %.4f, val_loss %.4f, %.1f s",
+                position.describe(),
+                config_label(cfg),
+                cfg.seed,
+                step,
+                cfg.epochs,
+                report["val_error"],
+                report["val_loss"],
+                report["epoch_time_s"],
+            )
+    elif event == "runtime":
+        record.runtime = report
+        tags = {"version." + name: str(version) for name, version in report["versions"].items()}
+        tags["version.python"] = report["python"]
+        tags["keras_backend"] = report["keras_backend"]
+        tags["visible_gpus"] = ", ".join(report["gpus"]) or "none"
+        tags["threads.intra_op"] = str(report["threads"]["intra_op"])
+        tags["threads.inter_op"] = str(report["threads"]["inter_op"])
+        tags["blas"] = str(report["blas"])[:5000]
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    elif event == "data":
+        record.data = report
+        sizes = ("train_samples", "validation_samples", "test_samples")
+        client.log_batch(run_id, tags=[RunTag("data." + key, str(report[key])) for key in sizes])
+    elif event == "model":
+        record.model_summary = report["summary"]
+        client.set_tag(run_id, "model_parameters", str(report["parameters"]))
+    elif event == "finished":
+        record.finished = report
+    elif event == "error":
+        record.error = report
+
+
+def _finish(client, run_id, cfg, label, record, result: WorkerResult, scratch_dir: Path) -> dict[str, float]:
+    """Log the outcome, the times and the artifacts, end the MLflow run, and raise if it failed."""
+    metrics = _final_metrics(record, result)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(name, value, now, 0) for name, value in metrics.items()])
+    _log_artifacts(client, run_id, cfg, label, record, result, scratch_dir)
+
+    status, reason = _outcome(record, result)
+    if reason:
+        client.set_tag(run_id, "failure_reason", reason[:5000])
+        client.set_tag(run_id, "mlflow.note.content", "**{}**: {}".format(status, reason[:5000]))
+    client.set_tag(run_id, "exit_code", str(result.exit_code))
+    client.set_terminated(run_id, status=status)
+
+    if status != "FINISHED":
+        log.error("Run %s (%s seed=%s) ended %s: %s", run_id, label, cfg.seed, status, reason)
+        if not result.interrupted:
+            raise RunFailed("Run {} ({} seed={}) ended {}: {}".format(run_id, label, cfg.seed, status, reason))
+        return metrics
+
+    log.info(
+        "Run %s finished: val_error %.4f after %d epochs, test_error %.4f; user %.1f s, system %.1f s, total %.1f s",
+        run_id,
+        record.history[-1]["val_error"],
+        len(record.history),
+        metrics["test_error"],
+        metrics["user_time_s"],
+        metrics["system_time_s"],
+        metrics["total_time_s"],
+    )
+    return metrics
+
+
+def _final_metrics(record: RunRecord, result: WorkerResult) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name in ("user_time_s", "system_time_s", "total_time_s"):
+        value = getattr(result, name)
+        if value is not None:
+            metrics[name] = float(value)
+    if record.history:
+        # The last val_error is already the latest value of its per-epoch history; only the best is added.
+        metrics["best_val_error"] = min(epoch["val_error"] for epoch in record.history)
+        metrics["epochs_completed"] = float(len(record.history))
+    if record.runtime:
+        metrics["import_time_s"] = float(record.runtime["import_time_s"])
+    if record.data:
+        metrics["data_load_time_s"] = float(record.data["load_time_s"])
+    if record.finished:
+        for name in ("train_time_s", "test_error", "test_loss"):
+            metrics[name] = float(record.finished[name])
+    return metrics
+
+
+def _outcome(record: RunRecord, result: WorkerResult) -> tuple[str, str]:
+    """Return the MLflow status and, unless FINISHED, the reason in words."""
+    if result.interrupted:
+        return "KILLED", "interrupted by the user (Ctrl-C) after {} epochs".format(len(record.history))
+    if result.killed_by:
+        return "KILLED", (
+            "the training process (pid {}) was killed by {} after {} epochs. SIGKILL usually means the "
+            "kernel's out-of-memory killer or a manual kill.".format(
+                record.worker_pid, result.killed_by, len(record.history)
+            )
+        )
+    if record.error:
+        return "FAILED", "{}: {}".format(record.error["kind"], record.error["message"])
+    if result.exit_code == EXIT_GPU_UNAVAILABLE:
+        return "FAILED", "device=gpu was requested but the backend sees no GPU"
+    if result.exit_code != 0:
+        return "FAILED", "the training process exited with code {}; see worker.log".format(result.exit_code)
+    if record.finished is None:
+        return "FAILED", "the training process exited without reporting its results; see worker.log"
+    return "FINISHED", ""
+
+
+def _log_artifacts(client, run_id, cfg, label, record, result, scratch_dir: Path) -> None:
+    files = [scratch_dir / "worker.log"]
+    if record.model_summary:
+        (scratch_dir / "model_summary.txt").write_text(record.model_summary + "\n")
+        files.append(scratch_dir / "model_summary.txt")
+    if record.error and record.error.get("traceback"):
+        (scratch_dir / "traceback.txt").write_text(record.error["traceback"])
+        files.append(scratch_dir / "traceback.txt")
+    if record.history:
+        title = "{} seed={} ({} epochs)".format(label, cfg.seed, len(record.history))
+        files.append(plot_learning_curve(record.history, title, scratch_dir / "learning_curve.png"))
+
+    details = {
+        "runtime": record.runtime,
+        "data": record.data,
+        "cpu": environment.cpu_description(),
+        "gpu": environment.nvidia_gpus(),
+        "thread_environment": environment.thread_environment(),
+        "git": environment.git_state(REPOSITORY_ROOT),
+        "parent_versions": {"python": sys.version.split()[0], "mlflow": mlflow.__version__, "hydra": hydra.__version__},
+        "exit_code": result.exit_code,
+        "malformed_reports": result.malformed_reports,
+    }
+    (scratch_dir / "environment.json").write_text(json.dumps(details, indent=2, default=str))
+    files.append(scratch_dir / "environment.json")
+
+    for path in files:
+        if path.exists():
+            client.log_artifact(run_id, str(path))

@@ -1,0 +1,62 @@
+"""Where runs are recorded: the MLflow tracking URI, the experiment, and its artifact folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_tracking_uri() -> str:
+    """Return the suite's own store, anchored at the repository so that Hydra's output folder does not move it."""
+    return "sqlite:///{}".format(REPOSITORY_ROOT / "mlruns" / "mlflow.db")
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """Return `tracking.uri` if set, else MLFLOW_TRACKING_URI, else the suite's own store."""
+    if configured:
+        return configured
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Return the artifact folder for a SQLite store: `artifacts/` beside the database file.
+
+    MLflow's own default for a SQLite store is ./mlruns relative to the working directory, which
+    would scatter artifacts wherever the command was started. For a tracking server (http) the
+    server decides, so None is returned.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri[len("sqlite:///") :])
+    return (database.parent / "artifacts").resolve().as_uri()
+
+
+def open_experiment(tracking_uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
+    """Return a client for the store and the id of the experiment, creating either if needed."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    try:
+        return client, client.create_experiment(experiment_name, artifact_location=artifact_root(tracking_uri))
+    except MlflowException:
+        # Another run of a parallel sweep created it between the lookup and the create.
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            raise
+        return client, experiment.experiment_id
+
+
+def ui_command(tracking_uri: str) -> str:
+    """Return the shell command that opens the MLflow UI for this store on 127.0.0.1."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return "open {} in a browser".format(tracking_uri)
+    return "python -m src.ui  (mlflow ui --backend-store-uri {} --host 127.0.0.1 --port 5000)".format(tracking_uri)

@@ -1,0 +1,49 @@
+"""Entry point: `python -m src.train [GROUP=OPTION ...] [KEY=VALUE ...] [-m]`.
+
+Hydra composes the config from conf/; this module only wires it to src.runner.run_training, which
+does the work and returns the run's final metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from src.config import ConfigError
+from src.data.sources import DatasetError
+from src.runner import JobPosition, RuntimeMissing, run_training
+from hydra_plugins.repeats_sweeper.repeats_sweeper import JOB_COUNT_VARIABLE
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, float]:
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    total = os.environ.get(JOB_COUNT_VARIABLE)
+    position = JobPosition(
+        number=(hydra_cfg.job.num or 0) + 1 if multirun else 1,
+        total=int(total) if multirun and total else None,
+        multirun=multirun,
+    )
+
+    try:
+        return run_training(cfg, position)
+    except (ConfigError, DatasetError, RuntimeMissing) as error:
+        if multirun:
+            # Hydra records the failed job and goes on with the next one.
+            raise
+        # Nothing was recorded yet: a plain message and exit code 2, without a traceback.
+        sys.stderr.write("Error: {}\n".format(error))
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

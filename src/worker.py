@@ -1,0 +1,282 @@
+"""The training process: trains one run and reports to the Hydra job, printing nothing of its own.
+
+Started by src.runner as `python -m src.worker SPEC.json` with the backend already chosen through
+the environment (KERAS_BACKEND, CUDA_VISIBLE_DEVICES), because Keras reads it at import time.
+Reports are JSON objects, one per line, written to the file descriptor named by
+WORKER_REPORT_FD; stdout carries only the Keras progress bar. The parent measures this process's
+CPU and wall time from outside, so everything here, imports included, counts towards the run.
+
+Runs under Python 3.11 with Keras 3 and under the paper-era Python 3.7 with Keras 2.2.5, so it
+uses only syntax and Keras calls that both accept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+# Exit codes the parent tells apart; anything else is an unexpected crash.
+EXIT_FAILED = 1
+EXIT_GPU_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
+
+VERBOSITY = {"bar": 1, "line": 2, "none": 0}
+
+
+class Reporter:
+    """Writes one JSON report per line to the parent's pipe."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def send(self, event, **fields):
+        fields["event"] = event
+        self.stream.write(json.dumps(fields, default=_json_default) + "\n")
+        self.stream.flush()
+
+
+class GpuUnavailable(RuntimeError):
+    """device=gpu was requested but the backend sees no GPU."""
+
+
+def _json_default(value):
+    # NumPy scalars reach the reports through Keras logs.
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def main(argv):
+    if len(argv) != 2 or "WORKER_REPORT_FD" not in os.environ:
+        sys.stderr.write("src.worker is started by `python -m src.train`, not by hand.\n")
+        return 2
+
+    reporter = Reporter(os.fdopen(int(os.environ["WORKER_REPORT_FD"]), "w", encoding="utf-8"))
+    with open(argv[1], encoding="utf-8") as spec_file:
+        spec = json.load(spec_file)
+
+    try:
+        train(spec, reporter)
+    except GpuUnavailable as error:
+        reporter.send("error", kind="gpu_unavailable", message=str(error), traceback="")
+        return EXIT_GPU_UNAVAILABLE
+    except KeyboardInterrupt:
+        reporter.send("error", kind="interrupted", message="interrupted (SIGINT)", traceback="")
+        return EXIT_INTERRUPTED
+    except Exception as error:  # reported upward with its traceback; the parent records it
+        reporter.send(
+            "error",
+            kind=type(error).__name__,
+            message=str(error),
+            traceback=traceback.format_exc(),
+        )
+        return EXIT_FAILED
+    return 0
+
+
+def train(spec, reporter):
+    """Train and evaluate the model that `spec` describes, reporting as it goes."""
+    config = spec["config"]
+    import_started = time.perf_counter()
+    import keras
+
+    from src.data.arrays import build_splits
+    from src.model import build_model, model_summary
+
+    backend = keras.backend.backend()
+    reporter.send(
+        "runtime",
+        import_time_s=time.perf_counter() - import_started,
+        versions=_library_versions(keras, backend),
+        python=platform.python_version(),
+        keras_backend=backend,
+        gpus=_visible_gpus(backend),
+        threads=_configure_threads(backend, config["threads"]),
+        blas=_blas_description(),
+    )
+
+    if config["device"]["name"] == "gpu" and not _visible_gpus(backend):
+        raise GpuUnavailable(
+            "device=gpu was requested but the {} backend sees no GPU on this machine. Run with "
+            "device=cpu, or install a GPU build of the backend and check that the GPU is visible "
+            "(nvidia-smi).".format(backend)
+        )
+
+    _seed_everything(keras, config["seed"])
+
+    load_started = time.perf_counter()
+    dataset_cfg = config["dataset"]
+    splits = build_splits(
+        spec["dataset"],
+        dataset_cfg["image_shape"],
+        limit=dataset_cfg["limit"],
+        validation_split=config["validation"]["split"],
+        holdout_fraction=config["validation"]["fraction"],
+    )
+    num_classes = dataset_cfg["num_classes"]
+    reporter.send(
+        "data",
+        load_time_s=time.perf_counter() - load_started,
+        train_samples=len(splits.x_train),
+        validation_samples=len(splits.x_val),
+        test_samples=len(splits.x_test),
+    )
+
+    model = build_model(keras, config["model"]["layers"], dataset_cfg["image_shape"], name=config["model"]["name"])
+    model.compile(
+        optimizer=_make_optimizer(keras, config["optimizer"]),
+        loss=config["loss"],
+        metrics=["accuracy"],
+    )
+    reporter.send("model", summary=model_summary(model), parameters=int(model.count_params()))
+
+    y_train = _one_hot(splits.y_train, num_classes)
+    y_val = _one_hot(splits.y_val, num_classes)
+    y_test = _one_hot(splits.y_test, num_classes)
+
+    train_started = time.perf_counter()
+    model.fit(
+        splits.x_train,
+        y_train,
+        validation_data=(splits.x_val, y_val),
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+        shuffle=True,
+        verbose=VERBOSITY[spec["progress"]],
+        callbacks=[_epoch_reporter(keras, reporter)],
+    )
+    train_time_s = time.perf_counter() - train_started
+
+    test_loss, test_accuracy = model.evaluate(splits.x_test, y_test, batch_size=config["batch_size"], verbose=0)
+    reporter.send(
+        "finished",
+        train_time_s=train_time_s,
+        test_loss=float(test_loss),
+        test_error=1.0 - float(test_accuracy),
+    )
+
+
+def _epoch_reporter(keras, reporter):
+    class EpochReporter(keras.callbacks.Callback):
+        """Sends each finished epoch's metrics; epochs are numbered from 1."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            # Keras 2.2.5 names accuracy "acc", Keras 3 "accuracy".
+            accuracy = logs.get("accuracy", logs.get("acc"))
+            val_accuracy = logs.get("val_accuracy", logs.get("val_acc"))
+            reporter.send(
+                "epoch",
+                epoch=epoch + 1,
+                epoch_time_s=time.perf_counter() - self.started,
+                train_loss=float(logs["loss"]),
+                train_error=1.0 - float(accuracy),
+                val_loss=float(logs["val_loss"]),
+                val_error=1.0 - float(val_accuracy),
+            )
+
+    return EpochReporter()
+
+
+def _make_optimizer(keras, optimizer_cfg):
+    optimizer_class = {
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+    }[optimizer_cfg["name"]]
+    if keras.__version__.startswith("2.2."):
+        # Keras 2.2 names the step size `lr`; `learning_rate` arrived in 2.3.
+        return optimizer_class(lr=optimizer_cfg["learning_rate"])
+    return optimizer_class(learning_rate=optimizer_cfg["learning_rate"])
+
+
+def _one_hot(labels, num_classes):
+    import numpy as np
+
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def _seed_everything(keras, seed):
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    if hasattr(keras.utils, "set_random_seed"):
+        keras.utils.set_random_seed(seed)
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.set_random_seed(seed)
+
+
+def _configure_threads(backend, threads_cfg):
+    """Apply the configured thread pools where the backend has an API for it; return what is in force."""
+    if backend != "tensorflow":
+        return {"intra_op": threads_cfg["intra_op"], "inter_op": threads_cfg["inter_op"]}
+
+    import tensorflow as tf
+
+    if not hasattr(tf.config, "threading"):
+        # TensorFlow 1.x reads TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, set by the parent.
+        return {"intra_op": threads_cfg["intra_op"], "inter_op": threads_cfg["inter_op"]}
+    if threads_cfg["intra_op"]:
+        tf.config.threading.set_intra_op_parallelism_threads(threads_cfg["intra_op"])
+    if threads_cfg["inter_op"]:
+        tf.config.threading.set_inter_op_parallelism_threads(threads_cfg["inter_op"])
+    # 0 means TensorFlow's own choice, one thread per core.
+    return {
+        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+def _visible_gpus(backend):
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if hasattr(tf.config, "list_physical_devices"):
+            return [device.name for device in tf.config.list_physical_devices("GPU")]
+        return [name for name in _tf1_device_names() if "GPU" in name]
+    return []
+
+
+def _tf1_device_names():
+    from tensorflow.python.client import device_lib
+
+    return [device.name for device in device_lib.list_local_devices()]
+
+
+def _library_versions(keras, backend):
+    import numpy as np
+
+    versions = {"keras": keras.__version__, "numpy": np.__version__}
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    return versions
+
+
+def _blas_description():
+    """Return the BLAS libraries NumPy and the backend load, as threadpoolctl reports them."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    return "; ".join(
+        "{} {} ({} threads)".format(pool.get("internal_api"), pool.get("version"), pool.get("num_threads"))
+        for pool in threadpool_info()
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,171 @@
+"""End to end: `python -m src.train` on real MNIST subsets, checked against what the MLflow store holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPOSITORY_ROOT, run_cli, runs_in
+from mlflow.tracking import MlflowClient
+
+from src.data import catalogue
+
+pytestmark = pytest.mark.slow
+
+TIMES = ("user_time_s", "system_time_s", "total_time_s", "train_time_s")
+PER_EPOCH = ("val_error", "val_loss", "train_error", "train_loss", "epoch_time_s")
+
+
+def history(tracking_uri: str, run_id: str, metric: str) -> list:
+    return MlflowClient(tracking_uri=tracking_uri).get_metric_history(run_id, metric)
+
+
+def artifact_names(tracking_uri: str, run_id: str) -> set[str]:
+    return {item.path for item in MlflowClient(tracking_uri=tracking_uri).list_artifacts(run_id)}
+
+
+def test_multirun_records_each_repeat(cli_env, tmp_path: Path, tracking_uri: str):
+    result = run_cli(["-m", "dataset.limit=2000", "epochs=2", "repeats=2"], cli_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    runs = runs_in(tracking_uri)
+    assert len(runs) == 2
+    assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
+    assert sorted(run.data.params["seed"] for run in runs) == ["0", "1"]
+    assert runs[0].data.tags["config_id"] == runs[1].data.tags["config_id"]
+    assert runs[0].data.tags["config_name"] == "mnist/tensorflow/cpu/single"
+
+    for run in runs:
+        run_id = run.info.run_id
+        for metric in PER_EPOCH:
+            steps = [point.step for point in history(tracking_uri, run_id, metric)]
+            assert steps == [1, 2], metric
+        for name in TIMES:
+            assert run.data.metrics[name] > 0, name
+        assert run.data.metrics["total_time_s"] > run.data.metrics["train_time_s"]
+        assert 0 < run.data.metrics["test_error"] < 0.9
+        assert run.data.metrics["best_val_error"] <= history(tracking_uri, run_id, "val_error")[0].value
+        assert run.data.params["epochs"] == "2"
+        assert run.data.params["dataset.limit"] == "2000"
+        assert run.data.params["model.layers.0.filters"] == "30"
+        assert run.data.tags["data.train_samples"] == "2000"
+        assert run.data.tags["version.tensorflow"].startswith("2.")
+        assert run.data.tags["version.keras"].startswith("3.")
+        assert "mlflow.source.git.commit" in run.data.tags
+        assert json.loads(run.data.tags["dataset_sha256"]) == catalogue.IDX_SHA256["mnist"]
+        assert artifact_names(tracking_uri, run_id) >= {
+            "config.yaml",
+            "dataset.json",
+            "environment.json",
+            "learning_curve.png",
+            "model_summary.txt",
+            "worker.log",
+        }
+
+    output = result.stdout + result.stderr
+    assert "[2/2] mnist/tensorflow/cpu/single seed=1 epoch 2/2: val_error" in output
+    assert "Results are in MLflow experiment 'paper-cnn-backends' at {}".format(tracking_uri) in output
+
+
+def test_explicit_seed_sweep_replaces_repeats(cli_env, tmp_path: Path, tracking_uri: str):
+    result = run_cli(["-m", "seed=5", "dataset.limit=1000", "epochs=1"], cli_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    runs = runs_in(tracking_uri)
+    assert [run.data.params["seed"] for run in runs] == ["5"]
+
+
+def test_holdout_validation_keeps_test_split_apart(cli_env, tmp_path: Path, tracking_uri: str):
+    result = run_cli(["validation.split=holdout", "dataset.limit=1000", "epochs=1"], cli_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    (run,) = runs_in(tracking_uri)
+    assert run.data.tags["data.train_samples"] == "900"
+    assert run.data.tags["data.validation_samples"] == "100"
+    assert run.data.tags["data.test_samples"] == "10000"
+    assert "test_error" in run.data.metrics
+
+
+def test_gpu_request_without_gpu_fails_clearly(cli_env, tmp_path: Path, tracking_uri: str):
+    result = run_cli(["device=gpu", "dataset.limit=500", "epochs=1"], cli_env, tmp_path)
+
+    assert result.returncode != 0
+    assert "device=gpu was requested but the tensorflow backend sees no GPU" in result.stderr
+    (run,) = runs_in(tracking_uri)
+    assert run.info.status == "FAILED"
+    assert "sees no GPU" in run.data.tags["failure_reason"]
+    assert history(tracking_uri, run.info.run_id, "val_error") == []
+
+
+def test_training_error_is_recorded_with_traceback(cli_env, tmp_path: Path, tracking_uri: str):
+    result = run_cli(["model.layers.0.filters=-3", "dataset.limit=500", "epochs=1"], cli_env, tmp_path)
+
+    assert result.returncode != 0
+    (run,) = runs_in(tracking_uri)
+    assert run.info.status == "FAILED"
+    assert "filters" in run.data.tags["failure_reason"]
+    assert "traceback.txt" in artifact_names(tracking_uri, run.info.run_id)
+
+
+def _start_cli(arguments: list[str], env: dict, tmp_path: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "src.train", *arguments, "hydra.sweep.dir={}".format(tmp_path / "sweep")]
+    return subprocess.Popen(
+        command,
+        cwd=REPOSITORY_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so a test can Ctrl-C it like a terminal
+    )
+
+
+def _wait_for_epochs(tracking_uri: str, process: subprocess.Popen, epochs: int, timeout: float = 180):
+    """Return the first run once it has logged `epochs` epochs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        runs = runs_in(tracking_uri)
+        if runs and len(history(tracking_uri, runs[0].info.run_id, "val_error")) >= epochs:
+            return runs[0]
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail("no run reached {} epochs within {} s".format(epochs, timeout))
+
+
+def test_killed_worker_keeps_epochs_and_sweep_continues(cli_env, tmp_path: Path, tracking_uri: str):
+    process = _start_cli(["-m", "seed=0,1", "dataset.limit=1000", "epochs=15"], cli_env, tmp_path)
+    first = _wait_for_epochs(tracking_uri, process, epochs=2)
+
+    os.kill(int(first.data.tags["worker_pid"]), signal.SIGKILL)
+    output, _ = process.communicate(timeout=300)
+
+    assert process.returncode != 0
+    killed, survivor = runs_in(tracking_uri)
+    assert killed.info.status == "KILLED"
+    assert "killed by SIGKILL" in killed.data.tags["failure_reason"]
+    assert 2 <= len(history(tracking_uri, killed.info.run_id, "val_error")) < 15
+    assert killed.data.metrics["total_time_s"] > 0
+    assert survivor.info.status == "FINISHED", output
+    assert len(history(tracking_uri, survivor.info.run_id, "val_error")) == 15
+
+
+def test_ctrl_c_marks_run_killed(cli_env, tmp_path: Path, tracking_uri: str):
+    process = _start_cli(["dataset.limit=1000", "epochs=50"], cli_env, tmp_path)
+    _wait_for_epochs(tracking_uri, process, epochs=1)
+
+    os.killpg(process.pid, signal.SIGINT)
+    process.communicate(timeout=120)
+
+    assert process.returncode != 0
+    (run,) = runs_in(tracking_uri)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"].startswith("interrupted by the user (Ctrl-C)")
+    assert 1 <= len(history(tracking_uri, run.info.run_id, "val_error")) < 50
+    assert "learning_curve.png" in artifact_names(tracking_uri, run.info.run_id)
