@@ -83,12 +83,7 @@ def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[s
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     client, experiment_id = open_experiment(tracking_uri, cfg.tracking.experiment_name)
     label = config_label(cfg)
-    run = client.create_run(
-        experiment_id,
-        run_name="{}-seed{}".format(label.replace("/", "-"), cfg.seed),
-        tags=_initial_tags(cfg, label, located.source),
-    )
-    run_id = run.info.run_id
+    run_id = _open_run(client, experiment_id, cfg, label, located.source, position)
     log.info("[%s] %s seed=%s: MLflow run %s in %s", position.describe(), label, cfg.seed, run_id, tracking_uri)
 
     record = RunRecord()
@@ -108,6 +103,23 @@ def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[s
             _finish(client, run_id, cfg, label, record, result, scratch_dir)
             raise
         return _finish(client, run_id, cfg, label, record, result, scratch_dir)
+
+
+def _open_run(client, experiment_id: str, cfg: DictConfig, label: str, data_source: str, position: JobPosition) -> str:
+    """Create the run, or adopt the one `mlflow run` started for this process (MLFLOW_RUN_ID).
+
+    A multirun under `mlflow run` gets one run per job instead, each a child of the project's run.
+    """
+    run_name = "{}-seed{}".format(label.replace("/", "-"), cfg.seed)
+    tags = _initial_tags(cfg, label, data_source)
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if project_run and not position.multirun:
+        tags["mlflow.runName"] = run_name
+        client.log_batch(project_run, tags=[RunTag(key, value) for key, value in tags.items()])
+        return project_run
+    if project_run:
+        tags["mlflow.parentRunId"] = project_run
+    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
 def _runtime_python(cfg: DictConfig) -> Path:

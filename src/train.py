@@ -6,7 +6,6 @@ does the work and returns the run's final metrics.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -15,12 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hydra_plugins.repeats_sweeper.repeats_sweeper import JOB_COUNT_VARIABLE
 from src.config import ConfigError
 from src.data.sources import DatasetError
 from src.runner import JobPosition, RuntimeMissing, run_training
-from hydra_plugins.repeats_sweeper.repeats_sweeper import JOB_COUNT_VARIABLE
-
-log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -147,7 +147,7 @@ def test_cifar10_archive_missing_batch_is_named(tmp_path: Path):
     archive = tmp_path / "cifar-10-binary.tar.gz"
     _write_cifar_archive(archive, skip="data_batch_3.bin")
 
-    with pytest.raises(DataFormatError, match="does not contain data_batch_3.bin"):
+    with pytest.raises(DataFormatError, match=r"does not contain data_batch_3\.bin"):
         load_cifar10_binary(archive)
 
 
