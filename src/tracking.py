@@ -59,4 +59,6 @@ def ui_command(tracking_uri: str) -> str:
     """Return the shell command that opens the MLflow UI for this store on 127.0.0.1."""
     if tracking_uri.startswith(("http://", "https://")):
         return "open {} in a browser".format(tracking_uri)
-    return "python -m src.ui  (mlflow ui --backend-store-uri {} --host 127.0.0.1 --port 5000)".format(tracking_uri)
+    if tracking_uri == default_tracking_uri():
+        return "python -m src.ui"
+    return "mlflow ui --backend-store-uri {} --host 127.0.0.1 --port 5000".format(tracking_uri)

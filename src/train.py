@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,8 +20,11 @@ from src.config import ConfigError
 from src.data.sources import DatasetError
 from src.runner import JobPosition, RuntimeMissing, run_training
 
+# Absolute, so that the config is found also when this module is imported (src.mlproject).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, float]:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

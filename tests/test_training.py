@@ -169,3 +169,26 @@ def test_ctrl_c_marks_run_killed(cli_env, tmp_path: Path, tracking_uri: str):
     assert run.data.tags["failure_reason"].startswith("interrupted by the user (Ctrl-C)")
     assert 1 <= len(history(tracking_uri, run.info.run_id, "val_error")) < 50
     assert "learning_curve.png" in artifact_names(tracking_uri, run.info.run_id)
+
+
+def test_mlflow_run_entry_point_logs_into_project_run(cli_env, tmp_path: Path, tracking_uri: str):
+    env = dict(cli_env, PATH="{}:{}".format(Path(sys.executable).parent, cli_env["PATH"]))
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "run",
+        str(REPOSITORY_ROOT),
+        "-P",
+        "overrides=dataset.limit=500 epochs=1 hydra.run.dir={}".format(tmp_path / "hydra-run"),
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "paper-cnn-backends",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+    (run,) = runs_in(tracking_uri)
+    assert run.info.status == "FINISHED"
+    assert "dataset.limit=500 epochs=1" in run.data.params["overrides"]
+    assert run.data.params["dataset.limit"] == "500"
+    assert len(history(tracking_uri, run.info.run_id, "val_error")) == 1
