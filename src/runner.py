@@ -26,7 +26,7 @@ from src import environment
 from src.config import config_id, config_label, flatten, plain_config, validate_config
 from src.data.sources import locate_dataset
 from src.plots import plot_learning_curve
-from src.supervisor import WorkerResult, run_worker
+from src.supervisor import WorkerResult, interrupt_source, run_worker
 from src.tracking import REPOSITORY_ROOT, open_experiment, resolve_tracking_uri
 from src.worker import EXIT_GPU_UNAVAILABLE
 
@@ -96,6 +96,7 @@ def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[s
         except KeyboardInterrupt as interrupt:
             result = getattr(interrupt, "worker_result", result)
             result.interrupted = True
+            result.interrupted_by = result.interrupted_by or interrupt_source(interrupt)
             _finish(client, run_id, cfg, label, record, result, scratch_dir)
             raise
         except BaseException as error:
@@ -330,7 +331,7 @@ def _final_metrics(record: RunRecord, result: WorkerResult) -> dict[str, float]:
 def _outcome(record: RunRecord, result: WorkerResult) -> tuple[str, str]:
     """Return the MLflow status and, unless FINISHED, the reason in words."""
     if result.interrupted:
-        return "KILLED", "interrupted by the user (Ctrl-C) after {} epochs".format(len(record.history))
+        return "KILLED", "interrupted by {} after {} epochs".format(result.interrupted_by, len(record.history))
     if result.killed_by:
         return "KILLED", (
             "the training process (pid {}) was killed by {} after {} epochs. SIGKILL usually means the "

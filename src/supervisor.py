@@ -23,6 +23,19 @@ log = logging.getLogger(__name__)
 INTERRUPT_GRACE_S = 10.0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so that the run is recorded before the job exits."""
+
+
+def interrupt_source(interrupt: KeyboardInterrupt) -> str:
+    return "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    """Signal handler for SIGTERM: turn it into an exception the cleanup code catches."""
+    raise Terminated("SIGTERM")
+
+
 @dataclass
 class WorkerResult:
     """How the training process ended and what it cost."""
@@ -32,6 +45,8 @@ class WorkerResult:
     system_time_s: float | None = None
     total_time_s: float | None = None
     interrupted: bool = False
+    # What stopped the job: "Ctrl-C" or "SIGTERM"; set with `interrupted`.
+    interrupted_by: str = ""
     malformed_reports: list[str] = field(default_factory=list)
 
     @property
@@ -58,8 +73,8 @@ def run_worker(
 
     The report channel is a pipe whose write end the child finds in WORKER_REPORT_FD. On Ctrl-C
     the child gets SIGINT (and SIGKILL after INTERRUPT_GRACE_S), its remaining reports are still
-    delivered, and KeyboardInterrupt is re-raised after `result.interrupted` is set through the
-    partial result attached to the exception as `worker_result`.
+    delivered, and the KeyboardInterrupt is re-raised carrying the partial result as its
+    `worker_result` attribute.
     """
     read_fd, write_fd = os.pipe()
     child_env = dict(env, WORKER_REPORT_FD=str(write_fd))
@@ -80,6 +95,7 @@ def run_worker(
                 on_report(report)
         except KeyboardInterrupt as interrupt:
             result.interrupted = True
+            result.interrupted_by = interrupt_source(interrupt)
             _stop(process, result)
             for report in _read_reports(reports, result):
                 on_report(report)

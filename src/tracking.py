@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 
+import alembic.util
+import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+# Attempts at opening a store that another process is creating at the same moment.
+CONNECT_ATTEMPTS = 5
+
+log = logging.getLogger(__name__)
 
 
 def default_tracking_uri() -> str:
@@ -36,11 +44,33 @@ def artifact_root(tracking_uri: str) -> str | None:
     return (database.parent / "artifacts").resolve().as_uri()
 
 
-def open_experiment(tracking_uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
-    """Return a client for the store and the id of the experiment, creating either if needed."""
+def connect(tracking_uri: str) -> MlflowClient:
+    """Return a client for the store, creating a SQLite store's folder and tables if needed.
+
+    MLflow creates the tables of a new SQLite store on first connection, and two processes doing
+    so at once (a sweep and the UI, two sweeps) collide: "table ... already exists", "duplicate
+    column", or an Alembic migration that finds its row already updated. The loser retries: by
+    then the tables are there.
+    """
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    attempt = 1
+    while True:
+        try:
+            return MlflowClient(tracking_uri=tracking_uri)
+        except (sqlalchemy.exc.OperationalError, alembic.util.CommandError, MlflowException) as error:
+            message = str(error).lower()
+            collided = any(sign in message for sign in ("already exists", "duplicate column", "migration"))
+            if attempt >= CONNECT_ATTEMPTS or not collided:
+                raise
+            log.warning("The store %s is being created by another process; retrying: %s", tracking_uri, error)
+            time.sleep(attempt)
+            attempt += 1
+
+
+def open_experiment(tracking_uri: str, experiment_name: str) -> tuple[MlflowClient, str]:
+    """Return a client for the store and the id of the experiment, creating either if needed."""
+    client = connect(tracking_uri)
 
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:

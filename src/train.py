@@ -7,6 +7,7 @@ does the work and returns the run's final metrics.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from hydra_plugins.repeats_sweeper.repeats_sweeper import JOB_COUNT_VARIABLE
 from src.config import ConfigError
 from src.data.sources import DatasetError
 from src.runner import JobPosition, RuntimeMissing, run_training
+from src.supervisor import raise_terminated
 
 # Absolute, so that the config is found also when this module is imported (src.mlproject).
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -35,6 +37,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
         multirun=multirun,
     )
 
+    # A job stopped with SIGTERM (kill, a scheduler's time limit) records its run like Ctrl-C does.
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return run_training(cfg, position)
     except (ConfigError, DatasetError, RuntimeMissing) as error:

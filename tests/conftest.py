@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
+
+from src.tracking import connect
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPOSITORY_ROOT / "conf"
@@ -20,6 +21,13 @@ EXPERIMENT = "paper-cnn-backends"
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     return "sqlite:///{}".format(tmp_path / "store" / "mlflow.db")
+
+
+@pytest.fixture
+def created_store(tracking_uri: str) -> str:
+    """The temporary store with its tables created, for tests that read it while a job writes to it."""
+    connect(tracking_uri)
+    return tracking_uri
 
 
 @pytest.fixture
@@ -54,7 +62,9 @@ def compose_config(overrides: list[str] | None = None):
 
 
 def runs_in(tracking_uri: str, experiment: str = EXPERIMENT) -> list:
-    client = MlflowClient(tracking_uri=tracking_uri)
+    if not Path(tracking_uri[len("sqlite:///") :]).exists():
+        return []
+    client = connect(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
