@@ -1,4 +1,4 @@
-"""What the run ran on: hardware, git commit, parent-side library versions and thread settings."""
+"""Description of the machine a run ran on: hardware, git commit, thread settings."""
 
 from __future__ import annotations
 

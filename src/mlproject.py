@@ -10,8 +10,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from src.train import main
+from src.train import hoist_switches, main
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *(part for argument in sys.argv[1:] for part in shlex.split(argument))]
+    sys.argv = hoist_switches([sys.argv[0], *(part for argument in sys.argv[1:] for part in shlex.split(argument))])
     main()

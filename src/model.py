@@ -17,7 +17,7 @@ class ModelConfigError(ValueError):
     """A `model.layers` entry that cannot be built."""
 
 
-def build_model(keras, layers_cfg, input_shape, name="paper_cnn"):
+def build_model(keras, layers_cfg, input_shape, name: str = "paper_cnn"):
     """Return an uncompiled keras.Model with `input_shape` inputs and the layers in `layers_cfg`.
 
     `keras` is the imported module, passed in so that the caller chooses the backend before the
@@ -46,6 +46,7 @@ def build_model(keras, layers_cfg, input_shape, name="paper_cnn"):
 
 
 def model_summary(model) -> str:
+    """Return the text `model.summary()` prints."""
     lines = []
     model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
     return "\n".join(lines)

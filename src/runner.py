@@ -3,7 +3,8 @@
 The Hydra job (this process) is the only one that talks to MLflow. The training process reports
 each epoch as it finishes and this module logs it at once, so the MLflow UI follows a live run.
 Whatever happens to the training process, the MLflow run ends FINISHED, FAILED or KILLED with the
-epochs it completed, its times and the reason.
+epochs it completed, its times and the reason. The exception is a SIGKILL of this process itself,
+which leaves the run RUNNING in MLflow; the orphaned training process then fails at its next report.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class RuntimeMissing(RuntimeError):
 
 @dataclass
 class JobPosition:
-    """Where a run sits in its sweep, for progress lines."""
+    """Position of a run in its sweep, for progress lines."""
 
     number: int = 1
     total: int | None = None
@@ -58,7 +59,7 @@ class JobPosition:
 
 @dataclass
 class RunRecord:
-    """What the training process reported, gathered for the end-of-run record."""
+    """Reports of the training process, gathered for the end-of-run record."""
 
     history: list[dict] = field(default_factory=list)
     runtime: dict = field(default_factory=dict)

@@ -38,7 +38,7 @@ def raise_terminated(signum: int, frame: Any) -> None:
 
 @dataclass
 class WorkerResult:
-    """How the training process ended and what it cost."""
+    """Exit status and resource usage of the training process."""
 
     exit_code: int | None = None
     user_time_s: float | None = None
@@ -147,7 +147,7 @@ def _reap(process: subprocess.Popen, result: WorkerResult, block: bool) -> bool:
     pid, status, usage = os.wait4(process.pid, 0 if block else os.WNOHANG)
     if pid == 0:
         return False
-    # Tell Popen the child is gone, so that it never waits for it again.
+    # Popen does not wait again for a child whose returncode is set.
     process.returncode = os.waitstatus_to_exitcode(status)
     result.user_time_s = usage.ru_utime
     result.system_time_s = usage.ru_stime

@@ -1,4 +1,4 @@
-"""Where runs are recorded: the MLflow tracking URI, the experiment, and its artifact folder."""
+"""MLflow tracking URI, experiment and artifact folder of the suite's runs."""
 
 from __future__ import annotations
 

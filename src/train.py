@@ -22,6 +22,9 @@ from src.data.sources import DatasetError
 from src.runner import JobPosition, RuntimeMissing, run_training
 from src.supervisor import raise_terminated
 
+# Hydra command-line switches that take no value (see `python -m src.train --help`).
+VALUELESS_SWITCHES = ("-m", "--multirun", "-r", "--run", "--resolve", "-h", "--help", "--hydra-help", "--version")
+
 # Absolute, so that the config is found also when this module is imported (src.mlproject).
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -50,5 +53,18 @@ def main(cfg: DictConfig) -> dict[str, float]:
         sys.exit(2)
 
 
+def hoist_switches(argv: list[str]) -> list[str]:
+    """Move Hydra's value-less switches (-m, --resolve, ...) in front of the overrides.
+
+    Hydra's argument parser takes the overrides as one positional list, so the documented
+    `python -m src.train dataset=fmnist -m epochs=1` would leave `epochs=1` unrecognised. Moving
+    the switches first makes every position work; options that take a value stay where they are.
+    """
+    switches = [argument for argument in argv[1:] if argument in VALUELESS_SWITCHES]
+    rest = [argument for argument in argv[1:] if argument not in VALUELESS_SWITCHES]
+    return [argv[0], *switches, *rest]
+
+
 if __name__ == "__main__":
+    sys.argv = hoist_switches(sys.argv)
     main()

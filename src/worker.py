@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 
-# Exit codes the parent tells apart; anything else is an unexpected crash.
+# Exit codes the parent distinguishes; any other code is an unexpected crash.
 EXIT_FAILED = 1
 EXIT_GPU_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130
@@ -33,14 +33,14 @@ class Reporter:
     def __init__(self, stream):
         self.stream = stream
 
-    def send(self, event, **fields):
+    def send(self, event: str, **fields) -> None:
         fields["event"] = event
         self.stream.write(json.dumps(fields, default=_json_default) + "\n")
         self.stream.flush()
 
 
 class GpuUnavailable(RuntimeError):
-    """device=gpu was requested but the backend sees no GPU."""
+    """device=gpu was requested but the backend finds no GPU."""
 
 
 def _json_default(value):
@@ -50,7 +50,7 @@ def _json_default(value):
     return str(value)
 
 
-def main(argv):
+def main(argv: list) -> int:
     if len(argv) != 2 or "WORKER_REPORT_FD" not in os.environ:
         sys.stderr.write("src.worker is started by `python -m src.train`, not by hand.\n")
         return 2
@@ -78,7 +78,7 @@ def main(argv):
     return 0
 
 
-def train(spec, reporter):
+def train(spec: dict, reporter: Reporter) -> None:
     """Train and evaluate the model that `spec` describes, reporting as it goes."""
     config = spec["config"]
     import_started = time.perf_counter()

@@ -8,6 +8,7 @@ import pytest
 from conftest import compose_config, run_cli, runs_in
 
 from src.config import ConfigError, config_id, config_label, flatten, plain_config, validate_config
+from src.train import hoist_switches
 
 
 def test_defaults_reproduce_the_study():
@@ -137,3 +138,9 @@ def test_sweeping_repeats_is_rejected(cli_env: dict, tmp_path: Path):
 
     assert result.returncode == 2
     assert "repeats cannot be swept" in result.stderr
+
+
+def test_switch_after_overrides_is_accepted():
+    argv = ["train.py", "dataset=fmnist", "-m", "epochs=1", "--cfg", "job"]
+
+    assert hoist_switches(argv) == ["train.py", "-m", "dataset=fmnist", "epochs=1", "--cfg", "job"]

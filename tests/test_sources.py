@@ -71,7 +71,7 @@ def test_truncated_copy_stops_the_search(tmp_path: Path):
     images = folder / "t10k-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:5000])
 
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte holds 5000 bytes.*truncated"):
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte contains 5000 bytes.*truncated"):
         locate_dataset(mnist_config(dir=str(folder)), cache_dir=str(tmp_path / "cache"))
 
 

