@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on training machines; set before pyplot is imported
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_learning_curve(history: list[dict], title: str, path: Path) -> Path:
@@ -24,6 +25,7 @@ def plot_learning_curve(history: list[dict], title: str, path: Path) -> Path:
 
     for axis in (error_axis, loss_axis):
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_yscale("log")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
