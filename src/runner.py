@@ -26,9 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from src import environment
 from src.config import config_id, config_label, flatten, plain_config, validate_config
 from src.data.sources import locate_dataset
+from src.paths import REPOSITORY_ROOT, suite_cache_root
 from src.plots import plot_learning_curve
 from src.supervisor import WorkerResult, interrupt_source, run_worker
-from src.tracking import REPOSITORY_ROOT, open_experiment, resolve_tracking_uri
+from src.tracking import open_experiment, resolve_tracking_uri
 from src.worker import EXIT_GPU_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -228,9 +229,31 @@ def _worker_environment(cfg: DictConfig) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     if cfg.threads.intra_op:
         env["TF_NUM_INTRAOP_THREADS"] = str(cfg.threads.intra_op)
+        # Theano's own loops and OpenBLAS take their thread count from here.
+        env["OMP_NUM_THREADS"] = str(cfg.threads.intra_op)
     if cfg.threads.inter_op:
         env["TF_NUM_INTEROP_THREADS"] = str(cfg.threads.inter_op)
+    if cfg.backend.keras_backend == "theano":
+        env["THEANO_FLAGS"] = _theano_flags(cfg)
     return env
+
+
+def _theano_flags(cfg: DictConfig) -> str:
+    """Return THEANO_FLAGS: float32 and OpenBLAS, as the study ran it, and the suite's compile cache.
+
+    Without blas__ldflags Theano 1.0.5 falls back to a much slower NumPy path for matrix products.
+    Any THEANO_FLAGS the user set come last, so they win.
+    """
+    compiledir = cfg.backend.get("compiledir") or str(suite_cache_root() / "theano")
+    flags = [
+        "floatX=float32",
+        "blas__ldflags=-lopenblas",
+        "base_compiledir={}".format(compiledir),
+        "device={}".format("cuda" if cfg.device.name == "gpu" else "cpu"),
+    ]
+    if os.environ.get("THEANO_FLAGS"):
+        flags.append(os.environ["THEANO_FLAGS"])
+    return ",".join(flags)
 
 
 def _handle_report(client, run_id, cfg, report, record, position, echo_epochs) -> None:
@@ -270,6 +293,13 @@ def _handle_report(client, run_id, cfg, report, record, position, echo_epochs) -
     elif event == "model":
         record.model_summary = report["summary"]
         client.set_tag(run_id, "model_parameters", str(report["parameters"]))
+    elif event == "compiled":
+        # Keras 2 builds its functions ahead of training; on Theano this is the C compilation.
+        tags = [RunTag("compile_cache", report["cache"])] if "cache" in report else []
+        if "new_modules" in report:
+            tags.append(RunTag("compile_new_modules", str(report["new_modules"])))
+        metric = Metric("compile_time_s", float(report["compile_time_s"]), int(time.time() * 1000), 0)
+        client.log_batch(run_id, metrics=[metric], tags=tags)
     elif event == "finished":
         record.finished = report
     elif event == "error":

@@ -12,7 +12,8 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+from src.paths import REPOSITORY_ROOT
+
 # Attempts at opening a store that another process is creating at the same moment.
 CONNECT_ATTEMPTS = 5
 

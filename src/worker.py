@@ -81,6 +81,10 @@ def main(argv: list) -> int:
 def train(spec: dict, reporter: Reporter) -> None:
     """Train and evaluate the model that `spec` describes, reporting as it goes."""
     config = spec["config"]
+    wants_gpu = config["device"]["name"] == "gpu"
+    if wants_gpu and config["backend"]["keras_backend"] == "theano":
+        _require_gpu_theano()
+
     import_started = time.perf_counter()
     import keras
 
@@ -95,11 +99,11 @@ def train(spec: dict, reporter: Reporter) -> None:
         python=platform.python_version(),
         keras_backend=backend,
         gpus=_visible_gpus(backend),
-        threads=_configure_threads(backend, config["threads"]),
-        blas=_blas_description(),
+        threads=_configure_threads(keras, config["threads"]),
+        blas=_blas_description(backend),
     )
 
-    if config["device"]["name"] == "gpu" and not _visible_gpus(backend):
+    if wants_gpu and not _visible_gpus(backend):
         raise GpuUnavailable(
             "device=gpu was requested but the {} backend sees no GPU on this machine. Run with "
             "device=cpu, or install a GPU build of the backend and check that the GPU is visible "
@@ -133,6 +137,8 @@ def train(spec: dict, reporter: Reporter) -> None:
         metrics=["accuracy"],
     )
     reporter.send("model", summary=model_summary(model), parameters=int(model.count_params()))
+    if not keras.__version__.startswith("3."):
+        reporter.send("compiled", **_compile_keras2_functions(model, backend))
 
     y_train = _one_hot(splits.y_train, num_classes)
     y_val = _one_hot(splits.y_val, num_classes)
@@ -185,6 +191,51 @@ def _epoch_reporter(keras, reporter):
     return EpochReporter()
 
 
+def _compile_keras2_functions(model, backend):
+    """Build Keras 2's training and test functions now, timed, instead of inside the first epoch.
+
+    On Theano this is the one-time C compilation (tens of seconds when the compile cache is
+    cold), which would otherwise inflate the first epoch_time_s. Keras 2.2.5 builds these
+    functions lazily and keeps them, so fit() and evaluate() reuse what is built here.
+    """
+    modules_before = _theano_cached_modules() if backend == "theano" else 0
+    started = time.perf_counter()
+    model._make_train_function()
+    model._make_test_function()
+    compile_time_s = time.perf_counter() - started
+
+    compiled = {"compile_time_s": compile_time_s}
+    if backend == "theano":
+        # "warm" means the cache had modules before this run, not that nothing was compiled: with
+        # Theano 1.0.5 a few modules of the paper CNN are compiled again in every process (5 of
+        # about 60, measured on MNIST), so new_modules tells how much of the cache was reused.
+        compiled["cache"] = "warm" if modules_before else "cold"
+        compiled["new_modules"] = _theano_cached_modules() - modules_before
+    return compiled
+
+
+def _theano_cached_modules():
+    """Return how many compiled modules Theano's compile cache holds now."""
+    import theano
+
+    compiledir = theano.config.compiledir
+    if not os.path.isdir(compiledir):
+        return 0
+    return sum(1 for entry in os.listdir(compiledir) if entry.startswith("tmp"))
+
+
+def _require_gpu_theano():
+    """Fail before the import of Keras when Theano has no GPU support to offer."""
+    try:
+        import pygpu  # noqa: F401 - the GPU back end of Theano 1.0
+    except ImportError:
+        raise GpuUnavailable(
+            "device=gpu was requested with backend=theano, but this Theano has no GPU support: "
+            "pygpu (libgpuarray) is not installed in the paper-era runtime. Run with device=cpu, "
+            "or install libgpuarray and pygpu with CUDA into .venv-legacy/."
+        ) from None
+
+
 def _make_optimizer(keras, optimizer_cfg):
     optimizer_class = {
         "adam": keras.optimizers.Adam,
@@ -218,28 +269,34 @@ def _seed_everything(keras, seed):
         tf.set_random_seed(seed)
 
 
-def _configure_threads(backend, threads_cfg):
-    """Apply the configured thread pools where the backend has an API for it; return what is in force."""
-    if backend != "tensorflow":
-        return {"intra_op": threads_cfg["intra_op"], "inter_op": threads_cfg["inter_op"]}
+def _configure_threads(keras, threads_cfg):
+    """Apply the configured thread pools where the backend has an API for it; return what is in force.
 
-    import tensorflow as tf
+    0 means the library's own choice, one thread per core.
+    """
+    if keras.backend.backend() == "tensorflow" and keras.__version__.startswith("3."):
+        import tensorflow as tf
 
-    if not hasattr(tf.config, "threading"):
-        # TensorFlow 1.x reads TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, set by the parent.
-        return {"intra_op": threads_cfg["intra_op"], "inter_op": threads_cfg["inter_op"]}
-    if threads_cfg["intra_op"]:
-        tf.config.threading.set_intra_op_parallelism_threads(threads_cfg["intra_op"])
-    if threads_cfg["inter_op"]:
-        tf.config.threading.set_inter_op_parallelism_threads(threads_cfg["inter_op"])
-    # 0 means TensorFlow's own choice, one thread per core.
-    return {
-        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-    }
+        if threads_cfg["intra_op"]:
+            tf.config.threading.set_intra_op_parallelism_threads(threads_cfg["intra_op"])
+        if threads_cfg["inter_op"]:
+            tf.config.threading.set_inter_op_parallelism_threads(threads_cfg["inter_op"])
+        return {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        }
+
+    # Keras 2.2.5 sizes both pools of its TensorFlow session from OMP_NUM_THREADS, and Theano's
+    # loops and OpenBLAS read the same variable; the parent sets it from threads.intra_op.
+    omp_threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    return {"intra_op": omp_threads, "inter_op": omp_threads if keras.backend.backend() == "tensorflow" else 0}
 
 
 def _visible_gpus(backend):
+    if backend == "theano":
+        import theano
+
+        return [theano.config.device] if theano.config.device.startswith(("cuda", "gpu")) else []
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -263,16 +320,25 @@ def _library_versions(keras, backend):
         import tensorflow as tf
 
         versions["tensorflow"] = tf.__version__
+    elif backend == "theano":
+        import theano
+
+        versions["theano"] = theano.__version__
     return versions
 
 
-def _blas_description():
+def _blas_description(backend):
     """Return the BLAS libraries NumPy and the backend load, as threadpoolctl reports them."""
+    prefix = ""
+    if backend == "theano":
+        import theano
+
+        prefix = "theano blas.ldflags={}; ".format(theano.config.blas.ldflags or "(none: NumPy fallback)")
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
-        return "unknown (threadpoolctl not installed)"
-    return "; ".join(
+        return prefix + "unknown (threadpoolctl not installed)"
+    return prefix + "; ".join(
         "{} {} ({} threads)".format(pool.get("internal_api"), pool.get("version"), pool.get("num_threads"))
         for pool in threadpool_info()
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import urllib.error
@@ -24,10 +23,10 @@ from pathlib import Path
 
 from src.data import catalogue
 from src.data.formats import DataFormatError, parse_idx, read_decompressed, sha256_hex
+from src.paths import REPOSITORY_ROOT, suite_cache_root
 
 log = logging.getLogger(__name__)
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -56,8 +55,7 @@ class LocatedDataset:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "keras-backend-study" / "datasets"
+    return suite_cache_root() / "datasets"
 
 
 def locate_dataset(dataset_cfg, cache_dir: str | None = None) -> LocatedDataset:
