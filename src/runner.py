@@ -35,7 +35,9 @@ from src.worker import EXIT_GPU_UNAVAILABLE
 log = logging.getLogger(__name__)
 
 RUNTIME_PYTHONS = {"modern": Path(sys.executable), "legacy": REPOSITORY_ROOT / ".venv-legacy" / "bin" / "python"}
-RUNTIME_INSTALL_HINTS = {"legacy": "bash scripts/setup.sh --legacy"}
+RUNTIME_INSTALL_HINTS = {
+    "legacy": "bash scripts/setup.sh --no-run (it needs a Python 3.7: pyenv install 3.7.16, or uv python install 3.7)"
+}
 
 
 class RunFailed(RuntimeError):

@@ -23,6 +23,12 @@ def tracking_uri(tmp_path: Path) -> str:
     return "sqlite:///{}".format(tmp_path / "store" / "mlflow.db")
 
 
+@pytest.fixture(scope="session")
+def theano_compiledir(tmp_path_factory) -> Path:
+    """One Theano compile cache for the whole test session, so that only the first run compiles cold."""
+    return tmp_path_factory.mktemp("theano")
+
+
 @pytest.fixture
 def created_store(tracking_uri: str) -> str:
     """The temporary store with its tables created, for tests that read it while a job writes to it."""

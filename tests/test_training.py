@@ -31,8 +31,20 @@ def artifact_names(tracking_uri: str, run_id: str) -> set[str]:
     return {item.path for item in MlflowClient(tracking_uri=tracking_uri).list_artifacts(run_id)}
 
 
-def test_multirun_records_each_repeat(cli_env, tmp_path: Path, tracking_uri: str):
-    result = run_cli(["-m", "dataset.limit=2000", "epochs=2", "repeats=2"], cli_env, tmp_path)
+# Library versions each backend must report, as (tag, expected prefix).
+BACKEND_VERSIONS = {
+    "tensorflow": [("version.keras", "3."), ("version.tensorflow", "2."), ("version.python", "3.11")],
+    "tensorflow1": [("version.keras", "2.2.5"), ("version.tensorflow", "1.15."), ("version.python", "3.7")],
+    "theano": [("version.keras", "2.2.5"), ("version.theano", "1.0.5"), ("version.python", "3.7")],
+}
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "tensorflow1", "theano"])
+def test_multirun_records_each_repeat(backend, cli_env, tmp_path: Path, tracking_uri: str, theano_compiledir: Path):
+    overrides = ["-m", "backend={}".format(backend), "dataset.limit=2000", "epochs=2", "repeats=2"]
+    if backend == "theano":
+        overrides.append("backend.compiledir={}".format(theano_compiledir))
+    result = run_cli(overrides, cli_env, tmp_path)
     assert result.returncode == 0, result.stderr
 
     runs = runs_in(tracking_uri)
@@ -40,7 +52,7 @@ def test_multirun_records_each_repeat(cli_env, tmp_path: Path, tracking_uri: str
     assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
     assert sorted(run.data.params["seed"] for run in runs) == ["0", "1"]
     assert runs[0].data.tags["config_id"] == runs[1].data.tags["config_id"]
-    assert runs[0].data.tags["config_name"] == "mnist/tensorflow/cpu/single"
+    assert runs[0].data.tags["config_name"] == "mnist/{}/cpu/single".format(backend)
 
     for run in runs:
         run_id = run.info.run_id
@@ -56,8 +68,10 @@ def test_multirun_records_each_repeat(cli_env, tmp_path: Path, tracking_uri: str
         assert run.data.params["dataset.limit"] == "2000"
         assert run.data.params["model.layers.0.filters"] == "30"
         assert run.data.tags["data.train_samples"] == "2000"
-        assert run.data.tags["version.tensorflow"].startswith("2.")
-        assert run.data.tags["version.keras"].startswith("3.")
+        for tag, prefix in BACKEND_VERSIONS[backend]:
+            assert run.data.tags[tag].startswith(prefix), tag
+        assert run.data.tags["runtime"] == ("modern" if backend == "tensorflow" else "legacy")
+        assert "openblas" in run.data.tags["blas"].lower()
         assert "mlflow.source.git.commit" in run.data.tags
         assert json.loads(run.data.tags["dataset_sha256"]) == catalogue.IDX_SHA256["mnist"]
         assert artifact_names(tracking_uri, run_id) >= {
@@ -69,8 +83,14 @@ def test_multirun_records_each_repeat(cli_env, tmp_path: Path, tracking_uri: str
             "worker.log",
         }
 
+    if backend != "tensorflow":
+        assert all(run.data.metrics["compile_time_s"] > 0 for run in runs)
+    if backend == "theano":
+        assert all(run.data.tags["compile_cache"] in ("cold", "warm") for run in runs)
+        assert runs[1].data.tags["compile_cache"] == "warm"
+
     output = result.stdout + result.stderr
-    assert "[2/2] mnist/tensorflow/cpu/single seed=1 epoch 2/2: val_error" in output
+    assert "[2/2] mnist/{}/cpu/single seed=1 epoch 2/2: val_error".format(backend) in output
     assert "Results are in MLflow experiment 'paper-cnn-backends' at {}".format(tracking_uri) in output
 
 
@@ -242,3 +262,30 @@ def test_missing_dataset_fails_before_any_run(cli_env, tmp_path: Path, tracking_
     assert "does not hold the mnist dataset" in result.stderr
     assert "Traceback" not in result.stderr
     assert runs_in(tracking_uri) == []
+
+
+def test_theano_runs_share_fresh_compile_cache(cli_env, tmp_path: Path):
+    """Two Theano runs started together on an empty compile cache: both compile and finish."""
+    compiledir = tmp_path / "theano-cache"
+    stores = [tmp_path / "store-a", tmp_path / "store-b"]
+    processes = []
+    for index, store in enumerate(stores):
+        env = dict(cli_env, MLFLOW_TRACKING_URI="sqlite:///{}".format(store / "mlflow.db"))
+        arguments = [
+            "backend=theano",
+            "backend.compiledir={}".format(compiledir),
+            "dataset.limit=500",
+            "epochs=1",
+            "seed={}".format(index),
+            "hydra.run.dir={}".format(tmp_path / "hydra-{}".format(index)),
+        ]
+        processes.append(_start_cli(arguments, env, tmp_path))
+
+    outputs = [process.communicate(timeout=900)[0] for process in processes]
+
+    for process, output, store in zip(processes, outputs, stores, strict=True):
+        assert process.returncode == 0, output
+        (run,) = runs_in("sqlite:///{}".format(store / "mlflow.db"))
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["compile_time_s"] > 0
+    assert any(path.name.startswith("compiledir_") for path in compiledir.iterdir())
