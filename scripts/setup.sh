@@ -24,6 +24,25 @@ done
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# find_python MINOR: print the first interpreter of Python 3.MINOR among $PYTHON3<MINOR>, PATH,
+# pyenv's versions and uv's managed Pythons; print nothing when there is none.
+find_python() {
+  local minor=$1 override candidate
+  override=$(printenv "PYTHON3$minor" || true)
+  local candidates=("$override" "python3.$minor" "$HOME"/.pyenv/versions/3."$minor".*/bin/python3."$minor" python3)
+  if command -v uv >/dev/null; then
+    candidates+=("$(uv python find "3.$minor" 2>/dev/null || true)")
+  fi
+  for candidate in "${candidates[@]}"; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null &&
+      "$candidate" -c "import sys; sys.exit(sys.version_info[:2] != (3, $minor))" 2>/dev/null; then
+      command -v "$candidate"
+      return
+    fi
+  done
+}
+
 step "Debian packages: libopenblas-dev, dataset-fashion-mnist"
 missing_packages=()
 for package in libopenblas-dev dataset-fashion-mnist; do
@@ -40,14 +59,7 @@ else
 fi
 
 step "Modern runtime: .venv/ (Python 3.11) with requirements.txt"
-python311=""
-for candidate in "${PYTHON311:-}" python3.11 "$HOME/.pyenv/versions/3.11"*/bin/python3.11 python3; do
-  [ -n "$candidate" ] || continue
-  if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-    python311=$(command -v "$candidate")
-    break
-  fi
-done
+python311=$(find_python 11)
 if [ -z "$python311" ]; then
   echo "Error: no Python 3.11 found. Install one (pyenv install 3.11, uv python install 3.11 or apt) or set PYTHON311=/path/to/python3.11." >&2
   exit 1
@@ -60,18 +72,7 @@ fi
 echo "installed into .venv/ with $python311"
 
 step "Paper-era runtime: .venv-legacy/ (Python 3.7) with requirements-legacy.txt"
-python37=""
-candidates=("${PYTHON37:-}" python3.7 "$HOME"/.pyenv/versions/3.7*/bin/python3.7)
-if command -v uv >/dev/null; then
-  candidates+=("$(uv python find 3.7 2>/dev/null || true)")
-fi
-for candidate in "${candidates[@]}"; do
-  [ -n "$candidate" ] || continue
-  if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 7))' 2>/dev/null; then
-    python37=$(command -v "$candidate")
-    break
-  fi
-done
+python37=$(find_python 7)
 if [ -z "$python37" ]; then
   message="no Python 3.7 found, so backend=theano and backend=tensorflow1 cannot run (the modern backend works). Install one (pyenv install 3.7.16, or uv python install 3.7) or set PYTHON37=/path/to/python3.7, then run this script again."
   if [ "$require_legacy" -eq 1 ]; then

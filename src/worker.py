@@ -215,7 +215,7 @@ def _compile_keras2_functions(model, backend):
 
 
 def _theano_cached_modules():
-    """Return how many compiled modules Theano's compile cache holds now."""
+    """Return the number of compiled modules in Theano's compile cache."""
     import theano
 
     compiledir = theano.config.compiledir
