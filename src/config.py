@@ -72,9 +72,37 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# Every top-level key the suite reads: the groups and the keys of conf/config.yaml.
+KNOWN_KEYS = frozenset(
+    (
+        "dataset",
+        "backend",
+        "device",
+        "topology",
+        "model",
+        "epochs",
+        "batch_size",
+        "seed",
+        "repeats",
+        "loss",
+        "optimizer",
+        "validation",
+        "threads",
+        "tracking",
+        "cache_dir",
+        "progress",
+    )
+)
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every key whose value breaks its rule."""
-    problems = []
+    """Raise ConfigError listing every key whose value breaks its rule, and every unknown key."""
+    problems = [
+        "{} is not a key of this config, so nothing would read it (was it added with +{}=...?). "
+        "Remove it; `python -m src.train --cfg job` lists the keys.".format(key, key)
+        for key in cfg
+        if key not in KNOWN_KEYS and key != "hydra"  # a sweep job's config still carries Hydra's own node
+    ]
     for key, (is_valid, expected) in RULES.items():
         value = OmegaConf.select(cfg, key)
         if not is_valid(value):

@@ -10,8 +10,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from src.train import hoist_switches, main
+from src.train import run_command_line
 
 if __name__ == "__main__":
-    sys.argv = hoist_switches([sys.argv[0], *(part for argument in sys.argv[1:] for part in shlex.split(argument))])
-    main()
+    run_command_line([sys.argv[0], *(part for argument in sys.argv[1:] for part in shlex.split(argument))])

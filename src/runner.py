@@ -347,10 +347,10 @@ def _final_metrics(record: RunRecord, result: WorkerResult) -> dict[str, float]:
         value = getattr(result, name)
         if value is not None:
             metrics[name] = float(value)
+    metrics["epochs_completed"] = float(len(record.history))
     if record.history:
         # The last val_error is already the latest value of its per-epoch history; only the best is added.
         metrics["best_val_error"] = min(epoch["val_error"] for epoch in record.history)
-        metrics["epochs_completed"] = float(len(record.history))
     if record.runtime:
         metrics["import_time_s"] = float(record.runtime["import_time_s"])
     if record.data:

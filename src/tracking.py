@@ -92,4 +92,4 @@ def ui_command(tracking_uri: str) -> str:
         return "open {} in a browser".format(tracking_uri)
     if tracking_uri == default_tracking_uri():
         return "python -m src.ui"
-    return "mlflow ui --backend-store-uri {} --host 127.0.0.1 --port 5000".format(tracking_uri)
+    return "MLFLOW_TRACKING_URI={} python -m src.ui".format(tracking_uri)

@@ -19,8 +19,13 @@ from omegaconf import DictConfig
 from hydra_plugins.repeats_sweeper.repeats_sweeper import JOB_COUNT_VARIABLE
 from src.config import ConfigError
 from src.data.sources import DatasetError
-from src.runner import JobPosition, RuntimeMissing, run_training
-from src.supervisor import raise_terminated
+from src.runner import JobPosition, RunFailed, RuntimeMissing, run_training
+from src.supervisor import interrupt_source, raise_terminated
+
+# Exit codes beside 0 and Hydra's own 1: invalid input before any run, and the shell's codes for
+# a process stopped by SIGINT or SIGTERM.
+EXIT_INVALID_INPUT = 2
+EXIT_INTERRUPT_CODES = {"Ctrl-C": 130, "SIGTERM": 143}
 
 # Hydra command-line switches that take no value (see `python -m src.train --help`).
 VALUELESS_SWITCHES = ("-m", "--multirun", "-r", "--run", "--resolve", "-h", "--help", "--hydra-help", "--version")
@@ -44,13 +49,14 @@ def main(cfg: DictConfig) -> dict[str, float]:
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return run_training(cfg, position)
-    except (ConfigError, DatasetError, RuntimeMissing) as error:
+    except (ConfigError, DatasetError, RuntimeMissing, RunFailed) as error:
         if multirun:
-            # Hydra records the failed job and goes on with the next one.
+            # Hydra records the failed job, goes on with the next one and exits 1 at the end.
             raise
-        # Nothing was recorded yet: a plain message and exit code 2, without a traceback.
+        # A user-facing outcome, not a crash: the message without a traceback. A RunFailed is
+        # already recorded in MLflow; the other errors come before any run exists.
         sys.stderr.write("Error: {}\n".format(error))
-        sys.exit(2)
+        sys.exit(1 if isinstance(error, RunFailed) else EXIT_INVALID_INPUT)
 
 
 def hoist_switches(argv: list[str]) -> list[str]:
@@ -65,6 +71,16 @@ def hoist_switches(argv: list[str]) -> list[str]:
     return [argv[0], *switches, *rest]
 
 
+def run_command_line(argv: list[str]) -> None:
+    """Run Hydra on `argv` and turn an interruption into a one-line message and exit code."""
+    sys.argv = hoist_switches(argv)
+    try:
+        main()
+    except KeyboardInterrupt as interrupt:
+        source = interrupt_source(interrupt)
+        sys.stderr.write("Stopped by {}. A run in progress is recorded in MLflow as KILLED.\n".format(source))
+        sys.exit(EXIT_INTERRUPT_CODES[source])
+
+
 if __name__ == "__main__":
-    sys.argv = hoist_switches(sys.argv)
-    main()
+    run_command_line(sys.argv)

@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     if uri.startswith(("http://", "https://")):
         print("MLFLOW_TRACKING_URI points at a tracking server; open {} in a browser.".format(uri))
         return 0
-    print("MLflow UI for {} at http://{}:{}/ (Ctrl-C stops it)".format(uri, arguments.host, arguments.port), flush=True)
+    print(
+        "Starting the MLflow UI for {} at http://{}:{}/ . It can take a minute to answer on a small "
+        "machine; Ctrl-C stops it.".format(uri, arguments.host, arguments.port),
+        flush=True,
+    )
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     command = [mlflow, "ui", "--backend-store-uri", uri, "--host", arguments.host, "--port", str(arguments.port)]
     os.execv(mlflow, command)  # noqa: S606 - replaces this process with the MLflow UI, fixed arguments

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import compose_config, run_cli, runs_in
 
-from src.config import ConfigError, config_id, config_label, flatten, plain_config, validate_config
+from src.config import KNOWN_KEYS, ConfigError, config_id, config_label, flatten, plain_config, validate_config
 from src.train import hoist_switches
 
 
@@ -144,3 +144,23 @@ def test_switch_after_overrides_is_accepted():
     argv = ["train.py", "dataset=fmnist", "-m", "epochs=1", "--cfg", "job"]
 
     assert hoist_switches(argv) == ["train.py", "-m", "dataset=fmnist", "epochs=1", "--cfg", "job"]
+
+
+def test_added_unknown_key_is_rejected():
+    with pytest.raises(ConfigError) as raised:
+        validate_config(compose_config(["+epoch=10"]))
+
+    assert "epoch is not a key of this config" in str(raised.value)
+
+
+def test_known_keys_match_composed_config():
+    assert set(compose_config()) == set(KNOWN_KEYS)
+
+
+def test_misspelled_preset_is_rejected(cli_env: dict, tmp_path: Path, tracking_uri: str):
+    result = run_cli(["experiment=quik"], cli_env, tmp_path)
+
+    assert result.returncode != 0
+    assert "Could not find 'experiment/quik'" in result.stderr
+    assert "\tquick\n" in result.stderr
+    assert runs_in(tracking_uri) == []

@@ -62,7 +62,7 @@ def test_corrupt_copy_names_file_and_checksums(tmp_path: Path):
     message = str(raised.value)
     assert "{} is corrupt".format(labels) in message
     assert catalogue.IDX_SHA256["mnist"]["train-labels-idx1-ubyte"] in message
-    assert "Delete {}".format(labels) in message
+    assert "Replace it with an intact copy, or remove the dataset.dir override" in message
 
 
 def test_truncated_copy_stops_the_search(tmp_path: Path):
@@ -173,3 +173,21 @@ def test_fashion_mnist_registry_copy_is_verified(tmp_path: Path):
 
     assert located.source == "registry:/usr/share/datasets/fashion-mnist"
     assert located.sha256 == catalogue.IDX_SHA256["fmnist"]
+
+
+def test_cifar10_folder_with_truncated_batch_is_rejected(tmp_path: Path):
+    folder = tmp_path / "cifar" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    record = bytes([3]) + bytes(3072)
+    for name in ["data_batch_{}.bin".format(index) for index in range(1, 6)] + ["test_batch.bin"]:
+        (folder / name).write_bytes(record * 4)
+    (folder / "data_batch_2.bin").write_bytes(record * 3 + record[:100])
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "dataset" / "cifar10.yaml")
+    cfg.dir = str(tmp_path / "cifar")
+
+    with pytest.raises(DatasetError) as raised:
+        locate_dataset(cfg, cache_dir=str(tmp_path / "cache"))
+
+    message = str(raised.value)
+    assert "data_batch_2.bin contains 9319 bytes" in message
+    assert "Replace it with an intact copy" in message

@@ -16,6 +16,7 @@ from conftest import REPOSITORY_ROOT, run_cli, runs_in
 from mlflow.tracking import MlflowClient
 
 from src.data import catalogue
+from src.tracking import open_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -116,8 +117,9 @@ def test_holdout_validation_keeps_test_split_apart(cli_env, tmp_path: Path, trac
 def test_gpu_request_without_gpu_fails_clearly(cli_env, tmp_path: Path, tracking_uri: str):
     result = run_cli(["device=gpu", "dataset.limit=500", "epochs=1"], cli_env, tmp_path)
 
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "device=gpu was requested but the tensorflow backend sees no GPU" in result.stderr
+    assert "Traceback" not in result.stderr
     (run,) = runs_in(tracking_uri)
     assert run.info.status == "FAILED"
     assert "sees no GPU" in run.data.tags["failure_reason"]
@@ -134,8 +136,9 @@ def test_training_error_is_recorded_with_traceback(cli_env, tmp_path: Path, trac
     assert "traceback.txt" in artifact_names(tracking_uri, run.info.run_id)
 
 
-def _start_cli(arguments: list[str], env: dict, tmp_path: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "src.train", *arguments, "hydra.sweep.dir={}".format(tmp_path / "sweep")]
+def _start_cli(arguments: list[str], env: dict, tmp_path: Path, name: str = "job") -> subprocess.Popen:
+    hydra_dirs = ["hydra.run.dir={}".format(tmp_path / name), "hydra.sweep.dir={}".format(tmp_path / (name + "-sweep"))]
+    command = [sys.executable, "-m", "src.train", *arguments, *hydra_dirs]
     return subprocess.Popen(
         command,
         cwd=REPOSITORY_ROOT,
@@ -184,9 +187,11 @@ def test_ctrl_c_marks_run_killed(cli_env, tmp_path: Path, tracking_uri: str):
     _wait_for_epochs(tracking_uri, process, epochs=1)
 
     os.killpg(process.pid, signal.SIGINT)
-    process.communicate(timeout=120)
+    output, _ = process.communicate(timeout=120)
 
-    assert process.returncode != 0
+    assert process.returncode == 130
+    assert "Stopped by Ctrl-C." in output
+    assert "Traceback" not in output
     (run,) = runs_in(tracking_uri)
     assert run.info.status == "KILLED"
     assert run.data.tags["failure_reason"].startswith("interrupted by Ctrl-C")
@@ -195,6 +200,9 @@ def test_ctrl_c_marks_run_killed(cli_env, tmp_path: Path, tracking_uri: str):
 
 
 def test_mlflow_run_entry_point_logs_into_project_run(cli_env, tmp_path: Path, tracking_uri: str):
+    # Created by the suite first, so that the experiment keeps its artifacts beside the temporary
+    # store: an experiment that `mlflow run` creates puts them in ./mlruns of the repository.
+    open_experiment(tracking_uri, "paper-cnn-backends")
     env = dict(cli_env, PATH="{}:{}".format(Path(sys.executable).parent, cli_env["PATH"]))
     command = [
         str(Path(sys.executable).parent / "mlflow"),
@@ -215,6 +223,7 @@ def test_mlflow_run_entry_point_logs_into_project_run(cli_env, tmp_path: Path, t
     assert "dataset.limit=500 epochs=1" in run.data.params["overrides"]
     assert run.data.params["dataset.limit"] == "500"
     assert len(history(tracking_uri, run.info.run_id, "val_error")) == 1
+    assert run.info.artifact_uri.startswith((tmp_path / "store").as_uri())
 
 
 @pytest.mark.usefixtures("created_store")
@@ -223,12 +232,14 @@ def test_sigterm_marks_run_killed(cli_env, tmp_path: Path, tracking_uri: str):
     _wait_for_epochs(tracking_uri, process, epochs=1)
 
     process.terminate()
-    process.communicate(timeout=120)
+    output, _ = process.communicate(timeout=120)
 
-    assert process.returncode != 0
+    assert process.returncode == 143
+    assert "Stopped by SIGTERM." in output
     (run,) = runs_in(tracking_uri)
     assert run.info.status == "KILLED"
     assert run.data.tags["failure_reason"].startswith("interrupted by SIGTERM")
+    assert run.data.metrics["epochs_completed"] >= 1
 
 
 def _write_small_cifar10(folder: Path, records: int) -> None:
@@ -277,9 +288,8 @@ def test_theano_runs_share_fresh_compile_cache(cli_env, tmp_path: Path):
             "dataset.limit=500",
             "epochs=1",
             "seed={}".format(index),
-            "hydra.run.dir={}".format(tmp_path / "hydra-{}".format(index)),
         ]
-        processes.append(_start_cli(arguments, env, tmp_path))
+        processes.append(_start_cli(arguments, env, tmp_path, name="job-{}".format(index)))
 
     outputs = [process.communicate(timeout=900)[0] for process in processes]
 

