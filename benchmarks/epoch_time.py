@@ -2,12 +2,12 @@
 
     python benchmarks/epoch_time.py [--epochs 3] [--dataset mnist] [--limit N]
 
-Runs `python -m src.train -m backend=tensorflow,tensorflow1,theano` into a temporary MLflow store
-(one seed, so the backends run one after the other on the same machine state) and prints, per
-backend, the median epoch time without the first epoch, the compile time, the three process
-times, and the ratio of median epoch times to the first backend listed. The first epoch is left
-out of the median because it includes one-time work (TensorFlow's graph tracing; Theano compiles
-before fit and reports that as compile_time_s).
+Runs `python -m src.train -m backend=tensorflow,tensorflow1,theano` with one seed into a temporary
+MLflow store, so the backends run one after the other on the same machine. It prints, per backend,
+the median epoch time without the first epoch, the compile time, the three process times, and the
+ratio of median epoch times to the first backend listed. The first epoch is left out of the median
+because it includes one-time work: TensorFlow traces its graph there, while Theano compiles before
+fit and reports that as compile_time_s.
 """
 
 from __future__ import annotations
