@@ -85,12 +85,15 @@ def run_worker(
         process = subprocess.Popen(
             command, cwd=str(cwd), env=child_env, stdout=stdout, stderr=stderr, pass_fds=(write_fd,)
         )
+    except BaseException:
+        os.close(read_fd)
+        raise
     finally:
         os.close(write_fd)
-    on_start(process.pid)
 
     with os.fdopen(read_fd, "r", encoding="utf-8") as reports:
         try:
+            on_start(process.pid)
             for report in _read_reports(reports, result):
                 on_report(report)
         except KeyboardInterrupt as interrupt:
@@ -101,6 +104,12 @@ def run_worker(
                 on_report(report)
             _collect(process, started, result)
             interrupt.worker_result = result  # type: ignore[attr-defined]
+            raise
+        except BaseException:
+            # A failure on this side, such as an unreachable tracking server, must not leave the
+            # child training with nobody reading its reports.
+            process.kill()
+            _collect(process, started, result)
             raise
 
     _collect(process, started, result)
