@@ -29,6 +29,7 @@ IDENTITY_EXCLUDED = (
     "cache_dir",
     "dataset.dir",
     "dataset.urls",
+    "backend.compiledir",
 )
 
 

@@ -15,6 +15,9 @@ THREAD_VARIABLES = (
     "TF_NUM_INTRAOP_THREADS",
     "TF_NUM_INTEROP_THREADS",
     "OPENBLAS_CORETYPE",
+    "THEANO_FLAGS",
+    "KERAS_BACKEND",
+    "CUDA_VISIBLE_DEVICES",
 )
 
 
@@ -61,5 +64,7 @@ def git_state(repository: Path) -> dict[str, str]:
         return {}
 
 
-def thread_environment() -> dict[str, str]:
-    return {name: os.environ.get(name, "unset") for name in THREAD_VARIABLES}
+def thread_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the variables that steer threads, backend and devices in `env` (default: this process)."""
+    env = os.environ if env is None else env
+    return {name: env.get(name, "unset") for name in THREAD_VARIABLES}

@@ -35,9 +35,7 @@ from src.worker import EXIT_GPU_UNAVAILABLE
 log = logging.getLogger(__name__)
 
 RUNTIME_PYTHONS = {"modern": Path(sys.executable), "legacy": REPOSITORY_ROOT / ".venv-legacy" / "bin" / "python"}
-RUNTIME_INSTALL_HINTS = {
-    "legacy": "bash scripts/setup.sh --no-run (it needs a Python 3.7: pyenv install 3.7.16, or uv python install 3.7)"
-}
+RUNTIME_INSTALL_HINTS = {"legacy": "bash scripts/setup.sh --no-run"}
 
 
 class RunFailed(RuntimeError):
@@ -81,7 +79,7 @@ def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[s
     """
     position = position or JobPosition()
     validate_config(cfg)
-    python = _runtime_python(cfg)
+    python = runtime_python(cfg)
     located = locate_dataset(cfg.dataset, cfg.cache_dir)
 
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
@@ -127,7 +125,8 @@ def _open_run(client, experiment_id: str, cfg: DictConfig, label: str, data_sour
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
-def _runtime_python(cfg: DictConfig) -> Path:
+def runtime_python(cfg: DictConfig) -> Path:
+    """Return the interpreter of the backend's runtime, or raise RuntimeMissing naming the install command."""
     runtime = cfg.backend.runtime
     python = RUNTIME_PYTHONS.get(runtime)
     if python is None:
@@ -136,7 +135,8 @@ def _runtime_python(cfg: DictConfig) -> Path:
         )
     if not python.exists():
         raise RuntimeMissing(
-            "backend={} needs the {} runtime, but {} does not exist. Install it with `{}`.".format(
+            "backend={} needs the {} runtime, but {} does not exist. Install it with `{}`, which "
+            "needs a Python 3.7 for the legacy runtime (pyenv install 3.7.16, or uv python install 3.7).".format(
                 cfg.backend.name, runtime, python, RUNTIME_INSTALL_HINTS.get(runtime, "bash scripts/setup.sh")
             )
         )
@@ -170,7 +170,9 @@ def _initial_tags(cfg: DictConfig, label: str, data_source: str) -> dict[str, st
     if hydra_cfg is not None:
         tags["hydra.overrides"] = " ".join(hydra_cfg.overrides.task)
         tags["hydra.output_dir"] = hydra_cfg.runtime.output_dir
-    tags.update({"env." + name: value for name, value in environment.thread_environment().items()})
+    # The training process's environment, not this one's, because the runner adds thread settings.
+    worker_variables = environment.thread_environment(_worker_environment(cfg))
+    tags.update({"env." + name: value for name, value in worker_variables.items()})
     return tags
 
 
@@ -243,18 +245,15 @@ def _worker_environment(cfg: DictConfig) -> dict[str, str]:
 def _theano_flags(cfg: DictConfig) -> str:
     """Return THEANO_FLAGS: float32 and OpenBLAS, as the study ran it, and the suite's compile cache.
 
-    Without blas__ldflags Theano 1.0.5 falls back to a much slower NumPy path for matrix products.
-    Any THEANO_FLAGS the user set come last, so they win.
+    Without a BLAS to link, Theano 1.0.5 falls back to a much slower NumPy path for matrix
+    products. THEANO_FLAGS the user set override these, except `device`.
     """
     compiledir = cfg.backend.get("compiledir") or str(suite_cache_root() / "theano")
-    flags = [
-        "floatX=float32",
-        "blas__ldflags=-lopenblas",
-        "base_compiledir={}".format(compiledir),
-        "device={}".format("cuda" if cfg.device.name == "gpu" else "cpu"),
-    ]
+    flags = ["floatX=float32", "blas.ldflags=-lopenblas", "base_compiledir={}".format(compiledir)]
     if os.environ.get("THEANO_FLAGS"):
         flags.append(os.environ["THEANO_FLAGS"])
+    # Last, so that `device` in the config decides even when the user's flags name a device.
+    flags.append("device={}".format("cuda" if cfg.device.name == "gpu" else "cpu"))
     return ",".join(flags)
 
 
@@ -400,7 +399,7 @@ def _log_artifacts(client, run_id, cfg, label, record, result, scratch_dir: Path
         "data": record.data,
         "cpu": environment.cpu_description(),
         "gpu": environment.nvidia_gpus(),
-        "thread_environment": environment.thread_environment(),
+        "worker_environment": environment.thread_environment(_worker_environment(cfg)),
         "git": environment.git_state(REPOSITORY_ROOT),
         "parent_versions": {"python": sys.version.split()[0], "mlflow": mlflow.__version__, "hydra": hydra.__version__},
         "exit_code": result.exit_code,

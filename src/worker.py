@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -55,6 +56,9 @@ def main(argv: list) -> int:
         sys.stderr.write("src.worker is started by `python -m src.train`, not by hand.\n")
         return 2
 
+    # A process started in the background by a non-interactive shell inherits SIGINT as ignored,
+    # and Python then installs no handler; the parent stops a run with SIGINT, so restore it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     reporter = Reporter(os.fdopen(int(os.environ["WORKER_REPORT_FD"]), "w", encoding="utf-8"))
     with open(argv[1], encoding="utf-8") as spec_file:
         spec = json.load(spec_file)
@@ -105,9 +109,11 @@ def train(spec: dict, reporter: Reporter) -> None:
 
     if wants_gpu and not _visible_gpus(backend):
         raise GpuUnavailable(
-            "device=gpu was requested but the {} backend sees no GPU on this machine. Run with "
-            "device=cpu, or install a GPU build of the backend and check that the GPU is visible "
-            "(nvidia-smi).".format(backend)
+            "device=gpu was requested but backend={} ({} {}) sees no GPU on this machine. Run with "
+            "device=cpu, or check that the GPU is visible (nvidia-smi) and that the CUDA libraries this "
+            "backend version needs are installed.".format(
+                config["backend"]["name"], backend, _library_versions(keras, backend).get(backend, "")
+            )
         )
 
     _seed_everything(keras, config["seed"])
@@ -130,15 +136,19 @@ def train(spec: dict, reporter: Reporter) -> None:
         test_samples=len(splits.x_test),
     )
 
+    # Theano compiles some modules already while the model is built, so counting and timing its
+    # compilation starts here.
+    modules_before = _theano_cached_modules() if backend == "theano" else 0
+    build_started = time.perf_counter()
     model = build_model(keras, config["model"]["layers"], dataset_cfg["image_shape"], name=config["model"]["name"])
     model.compile(
         optimizer=_make_optimizer(keras, config["optimizer"]),
         loss=config["loss"],
         metrics=["accuracy"],
     )
-    reporter.send("model", summary=model_summary(model), parameters=int(model.count_params()))
     if not keras.__version__.startswith("3."):
-        reporter.send("compiled", **_compile_keras2_functions(model, backend))
+        reporter.send("compiled", **_compile_keras2_functions(model, backend, build_started, modules_before))
+    reporter.send("model", summary=model_summary(model), parameters=int(model.count_params()))
 
     y_train = _one_hot(splits.y_train, num_classes)
     y_val = _one_hot(splits.y_val, num_classes)
@@ -191,18 +201,17 @@ def _epoch_reporter(keras, reporter):
     return EpochReporter()
 
 
-def _compile_keras2_functions(model, backend):
-    """Build Keras 2's training and test functions now, timed, instead of inside the first epoch.
+def _compile_keras2_functions(model, backend, build_started, modules_before):
+    """Build Keras 2's training and test functions now instead of inside the first epoch.
 
     On Theano this is the one-time C compilation (tens of seconds when the compile cache is
     cold), which would otherwise inflate the first epoch_time_s. Keras 2.2.5 builds these
-    functions lazily and keeps them, so fit() and evaluate() reuse what is built here.
+    functions lazily and keeps them, so fit() and evaluate() reuse what is built here. The
+    returned compile_time_s counts from `build_started`, before the model was built.
     """
-    modules_before = _theano_cached_modules() if backend == "theano" else 0
-    started = time.perf_counter()
     model._make_train_function()
     model._make_test_function()
-    compile_time_s = time.perf_counter() - started
+    compile_time_s = time.perf_counter() - build_started
 
     compiled = {"compile_time_s": compile_time_s}
     if backend == "theano":
@@ -296,7 +305,10 @@ def _visible_gpus(backend):
     if backend == "theano":
         import theano
 
-        return [theano.config.device] if theano.config.device.startswith(("cuda", "gpu")) else []
+        # theano.config.device may say cuda while pygpu failed to load and Theano runs on the CPU.
+        from theano import gpuarray
+
+        return [theano.config.device] if gpuarray.pygpu_activated else []
     if backend == "tensorflow":
         import tensorflow as tf
 

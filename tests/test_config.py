@@ -164,3 +164,12 @@ def test_misspelled_preset_is_rejected(cli_env: dict, tmp_path: Path, tracking_u
     assert "Could not find 'experiment/quik'" in result.stderr
     assert "\tquick\n" in result.stderr
     assert runs_in(tracking_uri) == []
+
+
+def test_unknown_runtime_stops_sweep_before_any_run(cli_env: dict, tmp_path: Path, tracking_uri: str):
+    result = run_cli(["-m", "backend.runtime=ancient", "dataset.limit=500", "epochs=1"], cli_env, tmp_path)
+
+    assert result.returncode == 2
+    assert "backend.runtime=ancient is not a runtime; choose one of: modern, legacy." in result.stderr
+    assert "Traceback" not in result.stderr
+    assert runs_in(tracking_uri) == []

@@ -118,7 +118,7 @@ def test_gpu_request_without_gpu_fails_clearly(cli_env, tmp_path: Path, tracking
     result = run_cli(["device=gpu", "dataset.limit=500", "epochs=1"], cli_env, tmp_path)
 
     assert result.returncode == 1
-    assert "device=gpu was requested but the tensorflow backend sees no GPU" in result.stderr
+    assert "device=gpu was requested but backend=tensorflow (tensorflow 2." in result.stderr
     assert "Traceback" not in result.stderr
     (run,) = runs_in(tracking_uri)
     assert run.info.status == "FAILED"

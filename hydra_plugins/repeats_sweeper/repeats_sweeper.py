@@ -18,6 +18,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from src.config import ConfigError, validate_config
+from src.runner import RuntimeMissing, runtime_python
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class RepeatsSweeper(BasicSweeper):
             job_config = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
             try:
                 validate_config(job_config)
-            except ConfigError as error:
+                runtime_python(job_config)
+            except (ConfigError, RuntimeMissing) as error:
                 _stop("{}\n(in the job with overrides: {})".format(error, " ".join(overrides)))
         os.environ[JOB_COUNT_VARIABLE] = str(len(batch))
         log.info("Sweep of %d jobs validated; starting.", len(batch))
