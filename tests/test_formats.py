@@ -108,7 +108,7 @@ def test_cifar10_archive_reads_images_channels_last(tmp_path: Path):
     assert test_images.shape == (3, 32, 32, 3)
     assert train_labels.tolist()[:6] == [0, 1, 2, 1, 2, 3]
     assert test_labels.tolist() == [5, 6, 7]
-    # Red channel holds the label, green 100, blue 200: the planes were transposed to HWC.
+    # The red channel contains the label, green 100 and blue 200, so the planes were transposed to HWC.
     assert (train_images[1, :, :, 0] == 1).all()
     assert (train_images[:, :, :, 1] == 100).all()
     assert (train_images[:, :, :, 2] == 200).all()
