@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -21,6 +22,7 @@ THREAD_VARIABLES = (
 )
 
 
+@functools.cache  # the hardware stays the same for every run of a sweep
 def cpu_description() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -33,6 +35,7 @@ def cpu_description() -> str:
     return "{} ({} logical cores)".format(model, os.cpu_count())
 
 
+@functools.cache  # the hardware stays the same for every run of a sweep
 def nvidia_gpus() -> str:
     """Return the GPUs nvidia-smi lists, or "none" where there is no nvidia-smi or no GPU."""
     if shutil.which("nvidia-smi") is None:

@@ -96,18 +96,19 @@ def train(spec: dict, reporter: Reporter) -> None:
     from src.model import build_model, model_summary
 
     backend = keras.backend.backend()
+    gpus = _visible_gpus(backend)
     reporter.send(
         "runtime",
         import_time_s=time.perf_counter() - import_started,
         versions=_library_versions(keras, backend),
         python=platform.python_version(),
         keras_backend=backend,
-        gpus=_visible_gpus(backend),
+        gpus=gpus,
         threads=_configure_threads(keras, config["threads"]),
         blas=_blas_description(backend),
     )
 
-    if wants_gpu and not _visible_gpus(backend):
+    if wants_gpu and not gpus:
         raise GpuUnavailable(
             "device=gpu was requested but backend={} ({} {}) sees no GPU on this machine. Run with "
             "device=cpu, or check that the GPU is visible (nvidia-smi) and that the CUDA libraries this "

