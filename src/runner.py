@@ -243,7 +243,7 @@ def _worker_environment(cfg: DictConfig) -> dict[str, str]:
 
 
 def _theano_flags(cfg: DictConfig) -> str:
-    """Return THEANO_FLAGS: float32 and OpenBLAS, as the study ran it, and the suite's compile cache.
+    """Return THEANO_FLAGS: float32, OpenBLAS and the suite's compile cache.
 
     Without a BLAS to link, Theano 1.0.5 falls back to a much slower NumPy path for matrix
     products. THEANO_FLAGS the user set override these, except `device`.
@@ -295,7 +295,7 @@ def _handle_report(client, run_id, cfg, report, record, position, echo_epochs) -
         record.model_summary = report["summary"]
         client.set_tag(run_id, "model_parameters", str(report["parameters"]))
     elif event == "compiled":
-        # Keras 2 builds its functions ahead of training; on Theano this is the C compilation.
+        # Keras 2 builds its functions ahead of training. On Theano this is the C compilation.
         tags = [RunTag("compile_cache", report["cache"])] if "cache" in report else []
         if "new_modules" in report:
             tags.append(RunTag("compile_new_modules", str(report["new_modules"])))
@@ -348,7 +348,7 @@ def _final_metrics(record: RunRecord, result: WorkerResult) -> dict[str, float]:
             metrics[name] = float(value)
     metrics["epochs_completed"] = float(len(record.history))
     if record.history:
-        # The last val_error is already the latest value of its per-epoch history; only the best is added.
+        # The last val_error is already the latest value of its per-epoch history, so only the best is added.
         metrics["best_val_error"] = min(epoch["val_error"] for epoch in record.history)
     if record.runtime:
         metrics["import_time_s"] = float(record.runtime["import_time_s"])

@@ -107,7 +107,7 @@ def run_worker(
             raise
         except BaseException:
             # A failure on this side, such as an unreachable tracking server, must not leave the
-            # child training with nobody reading its reports.
+            # child training while no process reads its reports.
             process.kill()
             _collect(process, started, result)
             raise

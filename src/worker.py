@@ -1,4 +1,4 @@
-"""The training process: trains one run and reports to the Hydra job, printing nothing of its own.
+"""The training process: trains one run and reports to the Hydra job, printing only Keras' progress.
 
 Started by src.runner as `python -m src.worker SPEC.json` with the backend already chosen through
 the environment (KERAS_BACKEND, CUDA_VISIBLE_DEVICES), because Keras reads it at import time.
@@ -57,7 +57,7 @@ def main(argv: list) -> int:
         return 2
 
     # A process started in the background by a non-interactive shell inherits SIGINT as ignored,
-    # and Python then installs no handler; the parent stops a run with SIGINT, so restore it.
+    # and Python then installs no handler. The parent stops a run with SIGINT, so restore it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     reporter = Reporter(os.fdopen(int(os.environ["WORKER_REPORT_FD"]), "w", encoding="utf-8"))
     with open(argv[1], encoding="utf-8") as spec_file:
@@ -216,9 +216,9 @@ def _compile_keras2_functions(model, backend, build_started, modules_before):
 
     compiled = {"compile_time_s": compile_time_s}
     if backend == "theano":
-        # "warm" means the cache had modules before this run, not that nothing was compiled: with
-        # Theano 1.0.5 a few modules of the paper CNN are compiled again in every process (5 of
-        # about 60, measured on MNIST), so new_modules tells how much of the cache was reused.
+        # "warm" means that the cache had modules before this run, not that nothing was compiled.
+        # Theano 1.0.5 compiles a few modules of model=paper_cnn again in every process (5 of
+        # about 60, measured on MNIST), so new_modules shows how much of the cache was reused.
         compiled["cache"] = "warm" if modules_before else "cold"
         compiled["new_modules"] = _theano_cached_modules() - modules_before
     return compiled
@@ -297,7 +297,7 @@ def _configure_threads(keras, threads_cfg):
         }
 
     # Keras 2.2.5 sizes both pools of its TensorFlow session from OMP_NUM_THREADS, and Theano's
-    # loops and OpenBLAS read the same variable; the parent sets it from threads.intra_op.
+    # loops and OpenBLAS read the same variable. The parent sets it from threads.intra_op.
     omp_threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
     return {"intra_op": omp_threads, "inter_op": omp_threads if keras.backend.backend() == "tensorflow" else 0}
 
@@ -306,7 +306,7 @@ def _visible_gpus(backend):
     if backend == "theano":
         import theano
 
-        # theano.config.device may say cuda while pygpu failed to load and Theano runs on the CPU.
+        # theano.config.device can be cuda while pygpu failed to load and Theano runs on the CPU.
         from theano import gpuarray
 
         return [theano.config.device] if gpuarray.pygpu_activated else []
