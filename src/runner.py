@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import environment
 from src.config import config_id, config_label, flatten, plain_config, validate_config
 from src.data.sources import locate_dataset
+from src.epoch_choice import resolve_auto_epochs
 from src.paths import REPOSITORY_ROOT, suite_cache_root
 from src.plots import plot_learning_curve
 from src.supervisor import WorkerResult, interrupt_source, run_worker
@@ -78,6 +79,8 @@ def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[s
     RunFailed after the run has been recorded as FAILED or KILLED.
     """
     position = position or JobPosition()
+    # Before validation, which accepts only a whole number of epochs.
+    epochs_selected_by = resolve_auto_epochs(cfg)
     validate_config(cfg)
     python = runtime_python(cfg)
     located = locate_dataset(cfg.dataset, cfg.cache_dir)
@@ -86,6 +89,8 @@ def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[s
     client, experiment_id = open_experiment(tracking_uri, cfg.tracking.experiment_name)
     label = config_label(cfg)
     run_id = _open_run(client, experiment_id, cfg, label, located.source, position)
+    if epochs_selected_by:
+        client.set_tag(run_id, "epochs_selected_by", epochs_selected_by)
     log.info("[%s] %s seed=%s: MLflow run %s in %s", position.describe(), label, cfg.seed, run_id, tracking_uri)
 
     record = RunRecord()

@@ -18,6 +18,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from src.config import RULES, ConfigError, validate_config
+from src.epoch_choice import resolve_auto_epochs
 from src.runner import RuntimeMissing, runtime_python
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class RepeatsSweeper(BasicSweeper):
         for overrides in batch:
             job_config = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
             try:
+                resolve_auto_epochs(job_config)
                 validate_config(job_config)
                 runtime_python(job_config)
             except (ConfigError, RuntimeMissing) as error:
