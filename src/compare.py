@@ -27,7 +27,7 @@ from src.comparison import build_comparison, load_paper_results
 from src.epoch_choice import selection_tag
 from src.paths import REPOSITORY_ROOT
 from src.run_groups import COMPARISON_RUN_TYPE, FILTER_TAGS, RUN_TYPE_TAG, RunGroup, group_runs, select_runs
-from src.tracking import connect, resolve_tracking_uri, ui_command
+from src.tracking import MODEL_TRAINING_KIND, connect, resolve_tracking_uri, ui_command
 
 EXIT_INVALID_INPUT = 2
 DEFAULT_EXPERIMENT = "paper-cnn-backends"
@@ -88,6 +88,10 @@ def open_store(tracking_uri: str, experiment_name: str) -> tuple[MlflowClient, s
                 experiment_name, tracking_uri, names
             )
         )
+    if not experiment.tags.get("mlflow.experimentKind"):
+        # Experiments made before the suite tagged them, or by `mlflow run`: open them on the runs table too.
+        for key, value in MODEL_TRAINING_KIND.items():
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return client, experiment.experiment_id
 
 
@@ -190,7 +194,7 @@ def record_comparison(client, experiment_id, context, filters, groups, tables, o
         RUN_TYPE_TAG: COMPARISON_RUN_TYPE,
         "mlflow.source.name": "src.compare",
         "mlflow.source.type": "LOCAL",
-        "compared_config_ids": ",".join(group.config_id for group in groups)[:5000],
+        "compared_configurations": ",".join(group.config_id for group in groups)[:5000],
         "skipped_runs": context.skipped,
         "mlflow.note.content": _note(context, tables)[:NOTE_LIMIT],
     }
