@@ -27,7 +27,7 @@ from src.comparison import build_comparison, load_paper_results
 from src.epoch_choice import selection_tag
 from src.paths import REPOSITORY_ROOT
 from src.run_groups import COMPARISON_RUN_TYPE, FILTER_TAGS, RUN_TYPE_TAG, RunGroup, group_runs, select_runs
-from src.tracking import MODEL_TRAINING_KIND, connect, resolve_tracking_uri, ui_command
+from src.tracking import connect, resolve_tracking_uri, ui_command
 
 EXIT_INVALID_INPUT = 2
 DEFAULT_EXPERIMENT = "paper-cnn-backends"
@@ -88,10 +88,6 @@ def open_store(tracking_uri: str, experiment_name: str) -> tuple[MlflowClient, s
                 experiment_name, tracking_uri, names
             )
         )
-    if not experiment.tags.get("mlflow.experimentKind"):
-        # Experiments made before the suite tagged them, or by `mlflow run`: open them on the runs table too.
-        for key, value in MODEL_TRAINING_KIND.items():
-            client.set_experiment_tag(experiment.experiment_id, key, value)
     return client, experiment.experiment_id
 
 

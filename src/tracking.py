@@ -19,10 +19,6 @@ CONNECT_ATTEMPTS = 5
 
 log = logging.getLogger(__name__)
 
-# Experiment tag that makes the MLflow 3 UI open the experiment on its runs table ("Model training")
-# instead of the GenAI traces overview, which shows nothing for these runs (MLflow 3.17).
-MODEL_TRAINING_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
 
 def default_tracking_uri() -> str:
     """Return the suite's own store, anchored at the repository so that Hydra's output folder does not move it."""
@@ -81,9 +77,7 @@ def open_experiment(tracking_uri: str, experiment_name: str) -> tuple[MlflowClie
     if experiment is not None:
         return client, experiment.experiment_id
     try:
-        return client, client.create_experiment(
-            experiment_name, artifact_location=artifact_root(tracking_uri), tags=MODEL_TRAINING_KIND
-        )
+        return client, client.create_experiment(experiment_name, artifact_location=artifact_root(tracking_uri))
     except MlflowException:
         # Another run of a parallel sweep created it between the lookup and the create.
         experiment = client.get_experiment_by_name(experiment_name)
