@@ -1,8 +1,8 @@
 """`python -m src.compare [KEY=VALUE ...] [--output DIR] [--no-record]`: compare the runs in the store.
 
 Groups the FINISHED training runs of one experiment by configuration (`config_id`), prints the
-table, writes Markdown, CSV, PNG and a self-contained HTML report, and records all of them as the
-artifacts of a comparison run in the same experiment, with the selected epoch counts as its tags.
+table, and writes Markdown, CSV, PNG and a self-contained HTML report. All of them become the
+artifacts of a comparison run in the same experiment, which records the selected epoch counts as tags.
 
 Filters select runs by tag, Hydra-style: `dataset=mnist backend=theano,tensorflow1`. Also
 `experiment_name=NAME` (default paper-cnn-backends) and `tracking_uri=URI` (default: as src.train).

@@ -49,7 +49,7 @@ def load_paper_results(path: Path = PAPER_RESULTS) -> dict[str, list[dict]]:
 
 
 def paper_row(group: RunGroup, rows: list[dict]) -> dict | None:
-    """Return the paper's row whose every `match` entry equals the group's tag or param, if one does."""
+    """Return the row of conf/paper_results.yaml whose every `match` entry equals the group's tag or param."""
     for row in rows:
         if all(_recorded_value(group, key) == str(expected) for key, expected in row["match"].items()):
             return row
@@ -188,10 +188,10 @@ def pairs_table(groups: list[RunGroup]) -> pd.DataFrame:
 
 
 def distributed_table(groups: list[RunGroup], paper_rows: list[dict]) -> pd.DataFrame:
-    """Return the paper's Table 1 for every configuration whose runs logged Spark metrics.
+    """Return the study's Table 1 (distributed runs) for every configuration whose runs logged Spark metrics.
 
     Times are means over the runs: the application's total time in minutes, the median task
-    execution time averaged over stages in minutes ("per core" in the paper), the median GC time
+    execution time averaged over stages in minutes ("per core" in the study), the median GC time
     per task in ms ("management time per task"), and the mean test error.
     """
     rows = []

@@ -19,14 +19,14 @@ from src.comparison import ComparisonTables
 from src.run_groups import RunGroup
 from src.stats import summarize
 
-# The paper plotted the mean validation error over the first 50 epochs and over all 200.
+# The reproduced study plotted the mean validation error over its first 50 epochs and over all 200.
 SHORT_CURVE_EPOCHS = 50
 TIMES = ("user_time_s", "system_time_s", "total_time_s")
 
 
 @dataclass
 class ReportContext:
-    """What the report says about where its runs came from."""
+    """Origin of the report's runs: experiment, store, filters, run counts."""
 
     experiment: str
     tracking_uri: str
@@ -61,7 +61,7 @@ def pairs_display(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def distributed_display(table: pd.DataFrame) -> pd.DataFrame:
-    """Return Table 1 in the paper's columns, ours beside the paper's, errors in percent."""
+    """Return Table 1 in the study's columns (conf/paper_results.yaml) with ours beside them, errors in percent."""
     if table.empty:
         return table
     return pd.DataFrame(
@@ -170,10 +170,12 @@ def _draw_curves(groups, tables: ComparisonTables, selected: dict, title: str, e
         steps = list(range(1, min(epochs, len(means)) + 1))
         shown_means = means[: len(steps)]
         shown_stds = [0.0 if math.isnan(value) else value for value in stds[: len(steps)]]
+
         line = axis.plot(steps, shown_means, marker="." if len(steps) <= 60 else None, label=group.label)[0]
         lower = [mean - std for mean, std in zip(shown_means, shown_stds, strict=True)]
         upper = [mean + std for mean, std in zip(shown_means, shown_stds, strict=True)]
         axis.fill_between(steps, lower, upper, color=line.get_color(), alpha=0.2)
+
         chosen = selected.get(group.label)
         if chosen and chosen <= len(steps):
             axis.axvline(chosen, color=line.get_color(), linestyle="--", linewidth=1)
@@ -185,6 +187,7 @@ def _draw_curves(groups, tables: ComparisonTables, selected: dict, title: str, e
                 color=line.get_color(),
                 fontsize=8,
             )
+
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation error (mean ± 1 sd)")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -233,7 +236,7 @@ def sections(tables: ComparisonTables, paper: dict) -> list[tuple[str, str, pd.D
             epochs,
         ),
         (
-            "Distributed (the paper's Table 1)",
+            "Distributed (the study's Table 1)",
             "Configurations whose runs logged Spark metrics; means over runs, the paper's values beside ours.",
             distributed_display(tables.distributed),
         ),

@@ -1,6 +1,6 @@
 """Statistics of repeated runs: summaries, backend-against-backend tests and the epoch-count rule.
 
-Pure functions on plain sequences of numbers, so that they are tested on values with known answers.
+Pure functions on plain sequences of numbers, so that tests can check them on values with known results.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class Summary:
 
     `variance` and `std` are the sample estimates (ddof=1), NaN for a single run. The interval is
     Student's t interval of the mean. `trimmed_mean` drops the fastest and the slowest run (one
-    each), the way MLPerf scores repeated runs; it needs at least 3 runs and is NaN below that.
+    each), the way MLPerf scores repeated runs. It needs at least 3 runs and is NaN below that.
     """
 
     n: int

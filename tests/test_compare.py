@@ -103,7 +103,7 @@ def test_table1_reads_spark_metrics(store, tracking_uri: str, tmp_path: Path, ca
     assert float(rows["tensorflow1"]["paper_total_min"]) == pytest.approx(8.29)
 
     printed = capsys.readouterr().out
-    assert "Distributed (the paper's Table 1)" in printed
+    assert "Distributed (the study's Table 1)" in printed
     assert "spark_5x4" in printed
     assert "| mnist | spark_5x4 | theano | 2 | 51 | 50 | 41 | 41 | 82 | 80 |" in (output / "comparison.md").read_text()
 

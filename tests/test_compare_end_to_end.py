@@ -231,10 +231,15 @@ def test_mlflow_ui_shows_groups_and_comparison(compared: Compared):
                 expect(legend).to_be_visible(timeout=60_000)
             page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-grouped-charts.png"))
 
-            page.goto("{}/#/experiments/{}/runs/{}/artifacts".format(url, experiment_id, comparison.info.run_id))
+            artifacts = "{}/#/experiments/{}/runs/{}/artifacts?workflowType=machine_learning"
+            page.goto(artifacts.format(url, experiment_id, comparison.info.run_id))
             expect(page.get_by_text("report.html", exact=True)).to_be_visible(timeout=60_000)
             expect(page.get_by_text("figures", exact=True)).to_be_visible()
             expect(page.get_by_text("summary.csv", exact=True)).to_be_visible()
+            # The UI previews the report in a frame.
+            page.get_by_text("report.html", exact=True).click()
+            report = page.frame_locator("iframe").first
+            expect(report.get_by_text("Backend against backend")).to_be_visible(timeout=30_000)
             page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-comparison-artifacts.png"))
             browser.close()
     finally:

@@ -1,4 +1,4 @@
-"""The statistics of src.stats on samples whose answers are known in closed form."""
+"""The statistics of src.stats on samples whose results are known in closed form."""
 
 from __future__ import annotations
 
