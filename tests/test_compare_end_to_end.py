@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENT, REPOSITORY_ROOT, runs_in
+from conftest import EXPERIMENT, REPOSITORY_ROOT, run_cli, runs_in
 from mlflow.tracking import MlflowClient
 
 from src.run_groups import is_comparison_run
@@ -59,7 +59,7 @@ def compared(tmp_path_factory) -> Compared:
     env.pop("HYDRA_FULL_ERROR", None)
 
     overrides = ["-m", "backend={}".format(",".join(BACKENDS)), "dataset.limit=2000", "epochs=2", "repeats=2"]
-    train = _train(overrides, env, tmp / "sweep")
+    train = run_cli(overrides, env, tmp / "sweep", timeout=900)
     assert train.returncode == 0, train.stderr
 
     output = tmp / "comparison"
@@ -73,18 +73,6 @@ def compared(tmp_path_factory) -> Compared:
     )
     assert result.returncode == 0, result.stderr
     return Compared(tracking_uri, env, output, result, tmp)
-
-
-def _train(arguments: list[str], env: dict, hydra_dir: Path) -> subprocess.CompletedProcess:
-    hydra_dirs = ["hydra.run.dir={}".format(hydra_dir), "hydra.sweep.dir={}".format(hydra_dir)]
-    return subprocess.run(
-        [sys.executable, "-m", "src.train", *arguments, *hydra_dirs],
-        cwd=REPOSITORY_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def _csv(path: Path) -> list[dict]:
@@ -139,6 +127,28 @@ def test_report_files_open_offline(compared: Compared):
     assert not re.search(r"(src|href)=['\"]?(https?:|//)", page)
     assert "<script" not in page
     assert "| mnist/tensorflow/cpu/single | 2 | 2 | 2000 |" in (compared.output / "comparison.md").read_text()
+
+
+def _launch_chromium(driver, profile: str):
+    return driver.chromium.launch_persistent_context(
+        profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1600, "height": 1000}
+    )
+
+
+def test_report_renders_offline_in_chromium(compared: Compared):
+    playwright = pytest.importorskip("playwright.sync_api")
+
+    with playwright.sync_playwright() as driver, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        browser = _launch_chromium(driver, profile)
+        browser.set_offline(True)
+        page = browser.new_page()
+        page.goto((compared.output / "report.html").as_uri())
+
+        playwright.expect(page.get_by_role("heading", name="Backend against backend")).to_be_visible()
+        widths = page.eval_on_selector_all("img", "images => images.map(image => image.naturalWidth)")
+        assert len(widths) == 2
+        assert all(width > 0 for width in widths)
+        browser.close()
 
 
 def test_comparison_run_records_selection_and_files(compared: Compared):
@@ -201,13 +211,7 @@ def test_mlflow_ui_shows_groups_and_comparison(compared: Compared):
     try:
         _wait_for_server(url, server)
         with playwright.sync_playwright() as driver, tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-            browser = driver.chromium.launch_persistent_context(
-                profile,
-                executable_path=CHROMIUM,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1600, "height": 1000},
-            )
+            browser = _launch_chromium(driver, profile)
             page = browser.new_page()
             expect = playwright.expect
 
@@ -251,7 +255,7 @@ def test_auto_epochs_trains_the_selected_count(compared: Compared):
     (comparison,) = compared.comparison_runs
     selected = comparison.data.tags["epochs_selected.mnist.tensorflow"]
 
-    result = _train(["epochs=auto", "dataset.limit=500", "seed=7"], compared.env, compared.tmp / "auto")
+    result = run_cli(["epochs=auto", "dataset.limit=500", "seed=7"], compared.env, compared.tmp / "auto")
 
     assert result.returncode == 0, result.stderr
     (run,) = [run for run in runs_in(compared.tracking_uri) if run.data.params.get("seed") == "7"]
@@ -262,7 +266,7 @@ def test_auto_epochs_trains_the_selected_count(compared: Compared):
 
 def test_auto_epochs_without_record_fails_before_any_run(compared: Compared):
     before = len(runs_in(compared.tracking_uri, EXPERIMENT))
-    result = _train(["epochs=auto", "backend=theano", "dataset.limit=500"], compared.env, compared.tmp / "none")
+    result = run_cli(["epochs=auto", "backend=theano", "dataset.limit=500"], compared.env, compared.tmp / "none")
 
     assert result.returncode == 2
     assert "Error: epochs=auto found no epoch count selected for dataset=mnist backend=theano" in result.stderr
