@@ -156,16 +156,21 @@ def train(spec: dict, reporter: Reporter) -> None:
     y_test = _one_hot(splits.y_test, num_classes)
 
     train_started = time.perf_counter()
-    model.fit(
-        splits.x_train,
-        y_train,
-        validation_data=(splits.x_val, y_val),
-        epochs=config["epochs"],
-        batch_size=config["batch_size"],
-        shuffle=True,
-        verbose=VERBOSITY[spec["progress"]],
-        callbacks=[_epoch_reporter(keras, reporter)],
-    )
+    if config["topology"]["name"] == "single":
+        model.fit(
+            splits.x_train,
+            y_train,
+            validation_data=(splits.x_val, y_val),
+            epochs=config["epochs"],
+            batch_size=config["batch_size"],
+            shuffle=True,
+            verbose=VERBOSITY[spec["progress"]],
+            callbacks=[_epoch_reporter(keras, reporter)],
+        )
+    else:
+        from src.distributed import train_on_spark
+
+        train_on_spark(keras, model, splits.x_train, y_train, splits.x_val, y_val, config, reporter)
     train_time_s = time.perf_counter() - train_started
 
     test_loss, test_accuracy = model.evaluate(splits.x_test, y_test, batch_size=config["batch_size"], verbose=0)
