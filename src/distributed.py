@@ -95,6 +95,7 @@ def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, r
     finally:
         if context is not None:
             context.stop()
+        _copy_executor_logs(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -108,6 +109,10 @@ def _start_spark(topology: dict, config: dict, scratch: str):
     if topology.get("driver_host"):
         # The driver's RPC endpoints, its web UI (with the REST API) and local-cluster's workers bind here.
         os.environ["SPARK_LOCAL_IP"] = topology["driver_host"]
+    if topology["master"] in ("local", "local-cluster"):
+        # Block manager and shuffle files of the driver and of local-cluster's executors go to this
+        # run's scratch folder, removed at the end. (spark.local.dir would not reach the executors.)
+        os.environ["SPARK_LOCAL_DIRS"] = os.path.join(scratch, "local")
     if topology["master"] == "local-cluster":
         os.environ["SPARK_HOME"] = _private_spark_home(scratch)
 
@@ -120,7 +125,7 @@ def _start_spark(topology: dict, config: dict, scratch: str):
             )
         )
     )
-    for key, value in _spark_settings(topology, scratch).items():
+    for key, value in _spark_settings(topology).items():
         conf.set(key, value)
     for name in EXECUTOR_VARIABLES:
         if name in os.environ:
@@ -138,14 +143,12 @@ def _start_spark(topology: dict, config: dict, scratch: str):
     return context
 
 
-def _spark_settings(topology: dict, scratch: str) -> dict:
+def _spark_settings(topology: dict) -> dict:
     memory = "{}m".format(topology["executor_memory_mb"])
     settings = {
         "spark.executor.memory": memory,
         "spark.executor.cores": str(topology["cores_per_executor"]),
         "spark.pyspark.python": sys.executable,
-        # Block manager and shuffle files go to this run's scratch folder, removed at the end.
-        "spark.local.dir": os.path.join(scratch, "local"),
         "spark.ui.showConsoleProgress": "false",
         # A lost executor's task is retried on another one; a task that fails 4 times fails the run.
         "spark.task.maxFailures": "4",
@@ -179,9 +182,26 @@ def _private_spark_home(scratch: str) -> str:
     return home
 
 
-def _train_rounds(context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter) -> None:
-    import numpy as np
+def _copy_executor_logs(scratch: str, max_lines: int = 200) -> None:
+    """Append the end of each local-cluster executor's stderr to this process's stderr (the run's worker.log)."""
+    work = os.path.join(scratch, "spark-home", "work")
+    if not os.path.isdir(work):
+        return
+    for application in sorted(os.listdir(work)):
+        for executor in sorted(os.listdir(os.path.join(work, application)), key=lambda name: (len(name), name)):
+            path = os.path.join(work, application, executor, "stderr")
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as log_file:
+                lines = log_file.readlines()[-max_lines:]
+            sys.stderr.write(
+                "----- executor {} of {}: last {} lines of stderr -----\n".format(executor, application, len(lines))
+            )
+            sys.stderr.writelines(lines)
+    sys.stderr.flush()
 
+
+def _train_rounds(context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter) -> None:
     context.setJobDescription(CACHE_JOB)
     samples = context.parallelize(list(zip(x_train, y_train)), numSlices=partitions).cache()
     samples.count()
@@ -200,13 +220,7 @@ def _train_rounds(context, keras, model, x_train, y_train, x_val, y_val, config,
         job_time_s = time.perf_counter() - job_started
         parameters.destroy()
 
-        # Each delta is weights before minus weights after the partition's epoch, so the mean
-        # delta is subtracted. Elephas 0.4.5 subtracts the sum, a step as many times too long as
-        # there are partitions.
-        weights = [
-            weight - np.mean([outcome["deltas"][index] for outcome in outcomes], axis=0).astype(weight.dtype)
-            for index, weight in enumerate(weights)
-        ]
+        weights = subtract_mean_change(weights, [outcome["deltas"] for outcome in outcomes])
         model.set_weights(weights)
         val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=config["batch_size"], verbose=0)
         epoch_time_s = time.perf_counter() - started
@@ -225,6 +239,21 @@ def _train_rounds(context, keras, model, x_train, y_train, x_val, y_val, config,
             spark_job_time_s=job_time_s,
             driver_time_s=epoch_time_s - job_time_s,
         )
+
+
+def subtract_mean_change(weights: list, changes: list) -> list:
+    """Return `weights` minus the mean of the partitions' `changes`, layer by layer.
+
+    Each change is the weights before minus the weights after a partition's epoch, as Elephas'
+    SparkWorker returns it. Elephas 0.4.5 subtracts the sum instead, a step as many times too long
+    as there are partitions.
+    """
+    import numpy as np
+
+    return [
+        weight - np.mean([change[index] for change in changes], axis=0).astype(weight.dtype)
+        for index, weight in enumerate(weights)
+    ]
 
 
 def _elephas_worker(keras, model, parameters, train_config, config):
