@@ -41,7 +41,7 @@ STATUS_SETTLE_S = 10.0
 
 
 class TopologyError(RuntimeError):
-    """A Spark topology that cannot start or cannot train this data; the message says what to change."""
+    """A Spark topology that cannot start or cannot train this data; the message names what to change."""
 
 
 def master_url(topology: dict) -> str:

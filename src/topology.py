@@ -9,7 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-# Spark refuses executors below 450 MiB (300 MiB reserved times 1.5); 512 leaves a little room.
+# Spark (UnifiedMemoryManager, 3.4 and 4.0) rejects executors below 450 MiB: 300 MiB reserved times
+# 1.5. 512 leaves a little room.
 MIN_EXECUTOR_MEMORY_MB = 512
 
 SIMULATED_MASTERS = ("local", "local-cluster")

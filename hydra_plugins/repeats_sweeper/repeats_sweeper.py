@@ -29,8 +29,8 @@ JOB_COUNT_VARIABLE = "KBS_SWEEP_JOB_COUNT"
 class RepeatsSweeper(BasicSweeper):
     def __init__(self, max_batch_size: int | None, params: dict | None = None, blocks: list | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
-        # Each block is a mapping KEY: VALUES swept as a product of its own; the sweep runs the blocks
-        # one after the other, so that a study's table with different seed counts per row is one command.
+        # Each block is a mapping KEY: VALUES swept as a product of its own. The sweep runs the blocks one
+        # after the other, so that a table whose rows have different seed counts is one command.
         self.blocks = [dict(block) for block in blocks or []]
         self._block_jobs: list[list[str]] | None = None
 
