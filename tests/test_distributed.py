@@ -185,7 +185,7 @@ def test_killed_executor_leaves_consistent_record(cli_env, tmp_path: Path, creat
             "src.train",
             *SMALL_CLUSTER,
             "dataset.limit=2000",
-            "epochs=3",
+            "epochs=2",
             "hydra.run.dir={}".format(tmp_path / "hydra-run"),
         ],
         cwd=REPOSITORY_ROOT,
@@ -217,9 +217,16 @@ def test_killed_executor_leaves_consistent_record(cli_env, tmp_path: Path, creat
     epochs = metric_steps(created_store, run.info.run_id, "val_error")
     assert run.data.metrics["epochs_completed"] == len(epochs)
     assert run.data.metrics["spark_executors_lost"] >= 1
+    lost = [
+        executor
+        for executor in spark_details(created_store, run.info.run_id, tmp_path)["executors"]
+        if not executor["active"]
+    ]
+    assert lost
+    assert all(executor["remove_reason"] for executor in lost)
     if run.info.status == "FINISHED":
         assert job.returncode == 0, stderr
-        assert epochs == [1, 2, 3]
+        assert epochs == [1, 2]
         assert run.data.metrics["spark_executors"] == 2  # the standalone master replaced the lost one
     else:
         assert run.info.status == "FAILED"
