@@ -72,9 +72,9 @@ def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, r
     if smallest <= config["batch_size"]:
         raise TopologyError(
             "{} training samples in {} partitions leave {} per partition, not more than batch_size={}, and "
-            "Elephas trains no partition that small. Raise dataset.limit to more than {}, lower batch_size, or "
+            "Elephas trains no partition that small. Raise dataset.limit to at least {}, lower batch_size, or "
             "set topology.partitions lower.".format(
-                len(x_train), partitions, smallest, config["batch_size"], partitions * config["batch_size"]
+                len(x_train), partitions, smallest, config["batch_size"], partitions * (config["batch_size"] + 1)
             )
         )
 
@@ -83,11 +83,18 @@ def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, r
     try:
         context = _start_spark(topology, config, scratch)
         started_ms = context.startTime
+        interrupted = False
         try:
             _train_rounds(context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter)
+        except KeyboardInterrupt:
+            # The parent kills this process 10 s after SIGINT, so the running job is cancelled and
+            # the metrics are read without waiting for the status store to settle.
+            interrupted = True
+            context.cancelAllJobs()
+            raise
         finally:
             # Read before stop(): the REST API goes away with the context.
-            metrics, details = _read_spark_metrics(context)
+            metrics, details = _read_spark_metrics(context, settle_s=0.0 if interrupted else STATUS_SETTLE_S)
             context.stop()
             context = None
             metrics["spark_total_time_s"] = time.time() - started_ms / 1000.0
@@ -313,19 +320,19 @@ def _partition_trainer(elephas_worker, modern: bool, seed: int, epoch: int):
     return train_partition
 
 
-def _read_spark_metrics(context):
+def _read_spark_metrics(context, settle_s: float):
     """Return (metrics, details) from the driver's REST API: stage and task summaries, executors.
 
     Never raises: a training failure must still be reported, so an unreadable API becomes an
     `error` entry in the details and the metrics it would have given are left out.
     """
     try:
-        return _query_spark_metrics(context)
+        return _query_spark_metrics(context, settle_s)
     except Exception as error:  # the metrics are a record, not a reason to hide the run's outcome
         return {}, {"error": "{}: {}".format(type(error).__name__, error)}
 
 
-def _query_spark_metrics(context):
+def _query_spark_metrics(context, settle_s: float):
     import urllib.request
 
     # Loopback or the cluster's driver address: never through an HTTP proxy.
@@ -337,7 +344,7 @@ def _query_spark_metrics(context):
             return json.loads(response.read().decode("utf-8"))
 
     # The status store is updated from an event queue, so the last stage can lag behind collect().
-    deadline = time.time() + STATUS_SETTLE_S
+    deadline = time.time() + settle_s
     stages = get("/stages")
     while any(stage["status"] == "ACTIVE" for stage in stages) and time.time() < deadline:
         time.sleep(0.2)

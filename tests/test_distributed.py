@@ -274,7 +274,7 @@ def test_partitions_too_small_fail_with_the_fix(cli_env, tmp_path: Path, trackin
     [run] = runs_in(tracking_uri)
     assert run.info.status == "FAILED"
     assert "leave 50 per partition" in run.data.tags["failure_reason"]
-    assert "Raise dataset.limit to more than 4000" in run.data.tags["failure_reason"]
+    assert "Raise dataset.limit to at least 4020" in run.data.tags["failure_reason"]
 
 
 # Prints each job's configuration instead of training, through the suite's own config and sweeper.
