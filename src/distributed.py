@@ -301,7 +301,7 @@ def _partition_trainer(elephas_worker, modern: bool, seed: int, epoch: int):
         rows = list(rows)
         output = next(iter(elephas_worker.train(iter(rows))))
         if modern:
-            # Elephas 7.3 returns [deltas, history]; history is None when the partition did not train.
+            # Elephas 7.3 returns [deltas, history], with history None when the partition did not train.
             deltas, history = output[0], output[1] or {}
         else:
             # Elephas 0.4.5 returns the deltas alone; Keras keeps the last fit's History on the model.
@@ -323,8 +323,8 @@ def _partition_trainer(elephas_worker, modern: bool, seed: int, epoch: int):
 def _read_spark_metrics(context, settle_s: float):
     """Return (metrics, details) from the driver's REST API: stage and task summaries, executors.
 
-    Never raises: a training failure must still be reported, so an unreadable API becomes an
-    `error` entry in the details and the metrics it would have given are left out.
+    A training failure must still be reported, so any Exception from the API becomes an `error`
+    entry in the details (the tag spark.metrics_error) and the metrics it would have given are left out.
     """
     try:
         return _query_spark_metrics(context, settle_s)
