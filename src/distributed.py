@@ -60,7 +60,7 @@ def partition_count(topology: dict) -> int:
     return topology.get("partitions") or topology["executors"] * topology["cores_per_executor"]
 
 
-def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, reporter) -> None:
+def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, reporter, scratch_root=None) -> None:
     """Train `model` (compiled) for config["epochs"] rounds on Spark, reporting each epoch and the Spark metrics.
 
     Spark starts here and stops before this returns or raises. Its metrics are read from the
@@ -78,7 +78,7 @@ def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, r
             )
         )
 
-    scratch = tempfile.mkdtemp(prefix="spark-driver-")
+    scratch = tempfile.mkdtemp(prefix="spark-driver-", dir=scratch_root)
     context = None
     try:
         context = _start_spark(topology, config, scratch)
