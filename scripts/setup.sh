@@ -45,9 +45,9 @@ find_python() {
   done
 }
 
-step "Debian packages: libopenblas-dev, dataset-fashion-mnist, chromium"
+step "Debian packages: libopenblas-dev, dataset-fashion-mnist, chromium, openjdk-17-jre-headless (Spark)"
 missing_packages=()
-for package in libopenblas-dev dataset-fashion-mnist chromium; do
+for package in libopenblas-dev dataset-fashion-mnist chromium openjdk-17-jre-headless; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing_packages+=("$package")
 done
 if [ "${#missing_packages[@]}" -eq 0 ]; then

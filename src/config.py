@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.topology import topology_problems
+
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 LOSSES = ("categorical_crossentropy",)
 VALIDATION_SPLITS = ("test", "holdout")
@@ -30,6 +32,7 @@ IDENTITY_EXCLUDED = (
     "dataset.dir",
     "dataset.urls",
     "backend.compiledir",
+    "topology.driver_host",
 )
 
 
@@ -108,6 +111,8 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not is_valid(value):
             problems.append("{}={} is invalid: expected {}.".format(key, _show(value), expected))
+
+    problems.extend(topology_problems(cfg))
 
     if problems:
         problems.append("Fix the override on the command line (KEY=VALUE) or in the experiment preset.")

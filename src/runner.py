@@ -29,6 +29,7 @@ from src.data.sources import locate_dataset
 from src.epoch_choice import resolve_auto_epochs
 from src.paths import REPOSITORY_ROOT, suite_cache_root
 from src.plots import plot_learning_curve
+from src.spark_record import log_spark_report
 from src.supervisor import WorkerResult, interrupt_source, run_worker
 from src.tracking import open_experiment, resolve_tracking_uri
 from src.worker import EXIT_GPU_UNAVAILABLE
@@ -269,6 +270,8 @@ def _handle_report(client, run_id, cfg, report, record, position, echo_epochs) -
         step = report["epoch"]
         now = int(time.time() * 1000)
         names = ("val_error", "val_loss", "train_error", "train_loss", "epoch_time_s")
+        # Spark runs add the epoch's Spark job time and the driver's time outside it.
+        names += tuple(name for name in ("spark_job_time_s", "driver_time_s") if name in report)
         client.log_batch(run_id, metrics=[Metric(name, float(report[name]), now, step) for name in names])
         if echo_epochs:
             log.info(
@@ -306,6 +309,8 @@ def _handle_report(client, run_id, cfg, report, record, position, echo_epochs) -
             tags.append(RunTag("compile_new_modules", str(report["new_modules"])))
         metric = Metric("compile_time_s", float(report["compile_time_s"]), int(time.time() * 1000), 0)
         client.log_batch(run_id, metrics=[metric], tags=tags)
+    elif event == "spark":
+        log_spark_report(client, run_id, report)
     elif event == "finished":
         record.finished = report
     elif event == "error":

@@ -64,7 +64,7 @@ def main(argv: list) -> int:
         spec = json.load(spec_file)
 
     try:
-        train(spec, reporter)
+        train(spec, reporter, argv[1])
     except GpuUnavailable as error:
         reporter.send("error", kind="gpu_unavailable", message=str(error), traceback="")
         return EXIT_GPU_UNAVAILABLE
@@ -82,7 +82,7 @@ def main(argv: list) -> int:
     return 0
 
 
-def train(spec: dict, reporter: Reporter) -> None:
+def train(spec: dict, reporter: Reporter, spec_path: str) -> None:
     """Train and evaluate the model that `spec` describes, reporting as it goes."""
     config = spec["config"]
     wants_gpu = config["device"]["name"] == "gpu"
@@ -156,16 +156,24 @@ def train(spec: dict, reporter: Reporter) -> None:
     y_test = _one_hot(splits.y_test, num_classes)
 
     train_started = time.perf_counter()
-    model.fit(
-        splits.x_train,
-        y_train,
-        validation_data=(splits.x_val, y_val),
-        epochs=config["epochs"],
-        batch_size=config["batch_size"],
-        shuffle=True,
-        verbose=VERBOSITY[spec["progress"]],
-        callbacks=[_epoch_reporter(keras, reporter)],
-    )
+    if config["topology"]["name"] == "single":
+        model.fit(
+            splits.x_train,
+            y_train,
+            validation_data=(splits.x_val, y_val),
+            epochs=config["epochs"],
+            batch_size=config["batch_size"],
+            shuffle=True,
+            verbose=VERBOSITY[spec["progress"]],
+            callbacks=[_epoch_reporter(keras, reporter)],
+        )
+    else:
+        from src.distributed import train_on_spark
+
+        # Spark's scratch files go next to the spec, in the parent's folder for this run, which the
+        # parent removes even when this process is killed.
+        scratch_root = os.path.dirname(os.path.abspath(spec_path))
+        train_on_spark(keras, model, splits.x_train, y_train, splits.x_val, y_val, config, reporter, scratch_root)
     train_time_s = time.perf_counter() - train_started
 
     test_loss, test_accuracy = model.evaluate(splits.x_test, y_test, batch_size=config["batch_size"], verbose=0)

@@ -28,7 +28,32 @@ JOB_COUNT_VARIABLE = "KBS_SWEEP_JOB_COUNT"
 
 
 class RepeatsSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: int | None, params: dict | None = None, blocks: list | None = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        # Each block is a mapping KEY: VALUES swept as a product of its own. The sweep runs the blocks one
+        # after the other, so that a table whose rows have different seed counts is one command.
+        self.blocks = [dict(block) for block in blocks or []]
+        self._block_jobs: list[list[str]] | None = None
+
     def sweep(self, arguments: list[str]) -> Any:
+        if self.blocks:
+            self._block_jobs = [job for block in self.blocks for job in self._jobs_of_block(block, arguments)]
+            return super().sweep(arguments)
+        return super().sweep(self._with_seed_sweep(arguments))
+
+    def split_arguments(self, overrides: Any, max_batch_size: int | None) -> list[list[list[str]]]:
+        if self._block_jobs is None:
+            return BasicSweeper.split_arguments(overrides, max_batch_size)
+        return list(self.split_overrides_to_chunks(self._block_jobs, max_batch_size))
+
+    def _jobs_of_block(self, block: dict, arguments: list[str]) -> list[list[str]]:
+        # The command line comes last, so that `-m epochs=1` or `seed=0` override every block.
+        block_arguments = ["{}={}".format(key, value) for key, value in block.items()]
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(self._with_seed_sweep([*block_arguments, *arguments]))
+        return BasicSweeper.split_arguments(overrides, None)[0]
+
+    def _with_seed_sweep(self, arguments: list[str]) -> list[str]:
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(arguments)
         keys = {override.get_key_element() for override in overrides}
@@ -44,7 +69,7 @@ class RepeatsSweeper(BasicSweeper):
             if not is_valid(repeats):
                 _stop("repeats={} is invalid: expected {}.".format(repeats, expected))
             arguments = [*arguments, "seed=range(0,{})".format(repeats)]
-        return super().sweep(arguments)
+        return arguments
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Compose and validate every job of the batch; stop the sweep on the first bad one."""
