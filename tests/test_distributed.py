@@ -304,7 +304,7 @@ def test_paper_distributed_sweeps_both_blocks(tmp_path: Path):
     expected = [
         (dataset, topology, backend, str(seed), "1")
         for dataset, topologies, backends, seeds in (
-            ("mnist", ("spark_5x4", "spark_4x5"), ("theano", "tensorflow"), 4),
+            ("mnist", ("spark_5x4", "spark_4x5"), ("theano", "tensorflow1"), 4),
             ("fmnist", ("spark_5x4",), ("theano",), 2),
         )
         for topology in topologies
