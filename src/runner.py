@@ -239,6 +239,9 @@ def _worker_environment(cfg: DictConfig) -> dict[str, str]:
         env["TF_NUM_INTEROP_THREADS"] = str(cfg.threads.inter_op)
     if cfg.backend.keras_backend == "theano":
         env["THEANO_FLAGS"] = _theano_flags(cfg)
+    if cfg.backend.keras_backend == "jax":
+        # Only the requested platform: with cuda, a machine without a GPU gets no CPU fallback.
+        env["JAX_PLATFORMS"] = "cuda" if cfg.device.name == "gpu" else "cpu"
     return env
 
 

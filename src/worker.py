@@ -296,6 +296,20 @@ def _configure_threads(keras, threads_cfg):
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
         }
 
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if threads_cfg["intra_op"]:
+            torch.set_num_threads(threads_cfg["intra_op"])
+        if threads_cfg["inter_op"]:
+            torch.set_num_interop_threads(threads_cfg["inter_op"])
+        return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+    if keras.backend.backend() == "jax":
+        # NOTE: jax 0.7.1 has no API for its thread pools: XLA's CPU client sizes them from the
+        # cores it sees, so threads.* does not reach it and 0 (the library's choice) is reported.
+        return {"intra_op": 0, "inter_op": 0}
+
     # Keras 2.2.5 sizes both pools of its TensorFlow session from OMP_NUM_THREADS, and Theano's
     # loops and OpenBLAS read the same variable. The parent sets it from threads.intra_op.
     omp_threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
@@ -316,6 +330,18 @@ def _visible_gpus(backend):
         if hasattr(tf.config, "list_physical_devices"):
             return [device.name for device in tf.config.list_physical_devices("GPU")]
         return [name for name in _tf1_device_names() if "GPU" in name]
+    if backend == "jax":
+        import jax
+
+        try:
+            return [str(device) for device in jax.devices() if device.platform == "gpu"]
+        except (RuntimeError, AssertionError):
+            # With JAX_PLATFORMS=cuda and no usable CUDA plugin, jax 0.7.1 raises a bare AssertionError.
+            return []
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
     return []
 
 
@@ -337,6 +363,16 @@ def _library_versions(keras, backend):
         import theano
 
         versions["theano"] = theano.__version__
+    elif backend == "jax":
+        import jax
+        import jaxlib
+
+        versions["jax"] = jax.__version__
+        versions["jaxlib"] = jaxlib.__version__
+    elif backend == "torch":
+        import torch
+
+        versions["torch"] = torch.__version__
     return versions
 
 
