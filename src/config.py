@@ -70,6 +70,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "threads.intra_op": _whole_at_least(1, nullable=True),
     "threads.inter_op": _whole_at_least(1, nullable=True),
     "progress": _one_of(PROGRESS_MODES),
+    "deterministic": (lambda value: isinstance(value, bool), "true or false"),
 }
 
 
@@ -92,6 +93,7 @@ KNOWN_KEYS = frozenset(
         "tracking",
         "cache_dir",
         "progress",
+        "deterministic",
     )
 )
 
@@ -108,6 +110,12 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not is_valid(value):
             problems.append("{}={} is invalid: expected {}.".format(key, _show(value), expected))
+
+    if cfg.get("deterministic") is True and OmegaConf.select(cfg, "backend.runtime") == "legacy":
+        problems.append(
+            "deterministic=true is invalid with backend={}: Keras 2.2.5 has no switch for deterministic "
+            "kernels. Use deterministic=false.".format(OmegaConf.select(cfg, "backend.name"))
+        )
 
     if problems:
         problems.append("Fix the override on the command line (KEY=VALUE) or in the experiment preset.")

@@ -118,6 +118,8 @@ def train(spec: dict, reporter: Reporter) -> None:
         )
 
     _seed_everything(keras, config["seed"])
+    if config.get("deterministic"):
+        _require_deterministic_ops(keras)
 
     load_started = time.perf_counter()
     dataset_cfg = config["dataset"]
@@ -277,6 +279,29 @@ def _seed_everything(keras, seed):
         import tensorflow as tf
 
         tf.set_random_seed(seed)
+
+
+def _require_deterministic_ops(keras):
+    """Make the backend choose deterministic kernels, or raise where it cannot (Keras 2 backends).
+
+    On the CPU, TensorFlow 2.19 repeated its per-epoch values bit for bit without this too, but
+    nothing promises it; with it, the values differ slightly from a run without it.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and keras.__version__.startswith("3."):
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+    elif backend != "jax":
+        # JAX's XLA CPU kernels are deterministic already; the Keras 2 backends have no switch.
+        raise ValueError(
+            "deterministic=true is not supported with Keras {} on {}: it has no switch for "
+            "deterministic kernels. Run with deterministic=false.".format(keras.__version__, backend)
+        )
 
 
 def _configure_threads(keras, threads_cfg):
