@@ -48,7 +48,7 @@ class RuntimeMissing(RuntimeError):
 
 
 class StopRequested(Exception):
-    """Raised when an `on_epoch` callback asks the run to stop; its message is the reason."""
+    """Raised when an `on_epoch` callback requests a stop; its message is the reason."""
 
 
 # Called with each epoch report; returns None to go on, or the reason for stopping the run now.

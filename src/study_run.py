@@ -24,7 +24,7 @@ from src.config import flatten
 
 log = logging.getLogger(__name__)
 
-# Tags shared by a study run and its trial runs; `optuna.role` tells them apart.
+# Tags shared by a study run and its trial runs; `optuna.role` distinguishes them.
 STUDY_TAG = "optuna.study"
 STORAGE_TAG = "optuna.storage"
 ROLE_TAG = "optuna.role"
@@ -135,7 +135,7 @@ def _study_files(study: optuna.Study, folder: Path) -> list[Path]:
 def _save_plot(study: optuna.Study, plot, path: Path) -> Path | None:
     """Save one Optuna plot as a PNG, or log why it cannot be drawn (too few trials) and return None."""
     with warnings.catch_warnings():
-        # Optuna marks its matplotlib plots experimental; the warning says nothing about this study.
+        # Optuna marks its matplotlib plots experimental; the warning is not about this study.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             axes = plot(study)

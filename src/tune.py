@@ -1,7 +1,7 @@
 """Entry point: `python -m src.tune [GROUP=OPTION ...] [KEY=VALUE ...]`, an Optuna study over conf/search_space/.
 
 Each trial is one training run (src.runner.run_training), recorded in MLflow as a child of the
-study's run (src.study_run). The pruner sees each epoch's val_error as the epoch ends and can stop
+study's run (src.study_run). The pruner receives each epoch's val_error as the epoch ends and can stop
 the trial's training process there. The study lives in its own SQLite file, so rerunning the same
 command after an interruption resumes it. At the end the best trial is written as an experiment
 preset that `python -m src.train experiment=tuned_<dataset>_<backend>` uses directly.

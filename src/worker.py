@@ -285,7 +285,7 @@ def _require_deterministic_ops(keras):
     """Make the backend choose deterministic kernels, or raise where it cannot (Keras 2 backends).
 
     On the CPU, TensorFlow 2.19 repeated its per-epoch values bit for bit without this too, but
-    nothing promises it; with it, the values differ slightly from a run without it.
+    no documentation promises that. The values with it differ slightly from those without it.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow" and keras.__version__.startswith("3."):
@@ -332,7 +332,7 @@ def _configure_threads(keras, threads_cfg):
 
     if keras.backend.backend() == "jax":
         # NOTE: jax 0.7.1 has no API for its thread pools: XLA's CPU client sizes them from the
-        # cores it sees, so threads.* does not reach it and 0 (the library's choice) is reported.
+        # cores it detects, so threads.* does not reach it and 0 (the library's choice) is reported.
         return {"intra_op": 0, "inter_op": 0}
 
     # Keras 2.2.5 sizes both pools of its TensorFlow session from OMP_NUM_THREADS, and Theano's

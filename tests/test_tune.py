@@ -122,9 +122,9 @@ def test_study_resumes_prunes_and_writes_preset(cli_env, tmp_path: Path, trackin
     storage = "sqlite:///{}".format(tmp_path / "optuna.db")
     config_dir = tmp_path / "conf"
     arguments = [
-        "dataset.limit=1000",
+        "dataset.limit=500",
         "epochs=2",
-        "tune.trials=4",
+        "tune.trials=3",
         "tune.storage={}".format(storage),
         "tune.config_dir={}".format(config_dir),
         # Prunes every trial that is not the best so far at its epoch, once one trial has finished.
@@ -152,7 +152,7 @@ def test_study_resumes_prunes_and_writes_preset(cli_env, tmp_path: Path, trackin
     study = optuna.load_study(study_name=study_name, storage=storage)
     states = [trial.state for trial in study.trials]
     assert states[1] == optuna.trial.TrialState.FAIL
-    assert sum(state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for state in states) == 4
+    assert sum(state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for state in states) == 3
     assert optuna.trial.TrialState.PRUNED in states
 
     client = MlflowClient(tracking_uri=tracking_uri)
