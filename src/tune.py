@@ -28,9 +28,9 @@ from src.paths import REPOSITORY_ROOT
 from src.runner import JobPosition, RunFailed, RuntimeMissing, run_training, runtime_python
 from src.search_space import suggest, training_config, tuned_experiment, validate_search_space
 from src.study_run import StudyRun
-from src.supervisor import interrupt_source, raise_terminated
+from src.supervisor import raise_terminated
 from src.tracking import open_experiment, resolve_tracking_uri
-from src.train import CONFIG_DIR, EXIT_INTERRUPT_CODES, EXIT_INVALID_INPUT
+from src.train import CONFIG_DIR, EXIT_INVALID_INPUT, run_command_line
 
 log = logging.getLogger(__name__)
 
@@ -237,16 +237,5 @@ def _report(study: optuna.Study, study_run: StudyRun, preset: Path | None) -> No
         log.info("Wrote %s. Train it with: python -m src.train experiment=%s -m", preset, preset.stem)
 
 
-def run_command_line(argv: list[str]) -> None:
-    """Run Hydra on `argv` and turn an interruption into a one-line message and exit code."""
-    sys.argv = argv
-    try:
-        main()
-    except KeyboardInterrupt as interrupt:
-        source = interrupt_source(interrupt)
-        sys.stderr.write("Stopped by {}. Rerun the same command to resume the study.\n".format(source))
-        sys.exit(EXIT_INTERRUPT_CODES[source])
-
-
 if __name__ == "__main__":
-    run_command_line(sys.argv)
+    run_command_line(sys.argv, hydra_main=main, stop_note="Rerun the same command to resume the study.")
