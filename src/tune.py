@@ -204,7 +204,7 @@ def _write_best_preset(cfg: DictConfig, study: optuna.Study, space: DictConfig) 
     header = "\n".join(
         [
             "The best trial of Optuna study {} ({}), written by `python -m src.tune {}`.".format(
-                study.study_name, cfg.tune.storage or default_storage(), overrides
+                study.study_name, cfg.tune.storage or "mlruns/optuna.db", overrides
             ),
             "Trial {}: val_error {:.4f} on the {} split after {} epochs, dataset.limit={}, seed={}.".format(
                 best.number,
