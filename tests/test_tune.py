@@ -92,7 +92,12 @@ def _trial_runs(tracking_uri: str) -> list:
 
 
 def _interrupt_in_second_trial(command: list[str], env: dict, tracking_uri: str) -> tuple[int, str]:
-    """Start the study, send Ctrl-C once the second trial's run exists, and return the exit code and output."""
+    """Start the study, send Ctrl-C once the second trial trains, and return the exit code and output.
+
+    The signal waits for the trial's training process (its `worker_pid` tag): sent while the job
+    still writes the run's inputs, a KeyboardInterrupt can land in a SQLAlchemy weakref callback,
+    where Python prints it and drops it.
+    """
     process = subprocess.Popen(
         command,
         cwd=REPOSITORY_ROOT,
@@ -105,12 +110,13 @@ def _interrupt_in_second_trial(command: list[str], env: dict, tracking_uri: str)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
-        if any(run.data.tags["optuna.trial_number"] == "1" for run in _trial_runs(tracking_uri)):
+        second = [run for run in _trial_runs(tracking_uri) if run.data.tags["optuna.trial_number"] == "1"]
+        if second and "worker_pid" in second[0].data.tags:
             break
         time.sleep(0.3)
     else:
         process.kill()
-        pytest.fail("the second trial did not start within 300 s")
+        pytest.fail("the second trial's training process did not start within 300 s")
     os.killpg(process.pid, signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     return process.returncode, output
