@@ -35,6 +35,11 @@ IDENTITY_EXCLUDED = (
     "topology.driver_host",
 )
 
+# Keys added after runs were first recorded, with their defaults. A key at its default is left out
+# of the identity, so that the runs recorded before it existed keep their config_id and still group
+# with new runs of the same settings; any other value is part of the identity.
+IDENTITY_DEFAULTS = {"deterministic": False}
+
 
 class ConfigError(ValueError):
     """A config value that is out of range or of the wrong type."""
@@ -73,6 +78,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "threads.intra_op": _whole_at_least(1, nullable=True),
     "threads.inter_op": _whole_at_least(1, nullable=True),
     "progress": _one_of(PROGRESS_MODES),
+    "deterministic": (lambda value: isinstance(value, bool), "true or false"),
 }
 
 
@@ -95,6 +101,7 @@ KNOWN_KEYS = frozenset(
         "tracking",
         "cache_dir",
         "progress",
+        "deterministic",
     )
 )
 
@@ -113,6 +120,12 @@ def validate_config(cfg: DictConfig) -> None:
             problems.append("{}={} is invalid: expected {}.".format(key, _show(value), expected))
 
     problems.extend(topology_problems(cfg))
+
+    if cfg.get("deterministic") is True and OmegaConf.select(cfg, "backend.runtime") == "legacy":
+        problems.append(
+            "deterministic=true is invalid with backend={}: Keras 2.2.5 has no switch for deterministic "
+            "kernels. Use deterministic=false.".format(OmegaConf.select(cfg, "backend.name"))
+        )
 
     if problems:
         problems.append("Fix the override on the command line (KEY=VALUE) or in the experiment preset.")
@@ -139,6 +152,9 @@ def config_id(cfg: DictConfig) -> str:
     data = plain_config(cfg)
     for dotted in IDENTITY_EXCLUDED:
         _drop(data, dotted.split("."))
+    for key, default in IDENTITY_DEFAULTS.items():
+        if key in data and data[key] == default:
+            del data[key]
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 

@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,14 @@ class RuntimeMissing(RuntimeError):
     """The Python environment a backend needs is not installed."""
 
 
+class StopRequested(Exception):
+    """Raised when an `on_epoch` callback requests a stop; its message is the reason."""
+
+
+# Called with each epoch report; returns None to go on, or the reason for stopping the run now.
+EpochCallback = Callable[[dict], "str | None"]
+
+
 @dataclass
 class JobPosition:
     """Position of a run in its sweep, for progress lines."""
@@ -71,11 +80,23 @@ class RunRecord:
     finished: dict | None = None
     error: dict | None = None
     worker_pid: int | None = None
+    # Set when an `on_epoch` callback stopped the run.
+    stop_reason: str = ""
 
 
-def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[str, float]:
+def run_training(
+    cfg: DictConfig,
+    position: JobPosition | None = None,
+    on_epoch: EpochCallback | None = None,
+    tags: dict[str, str] | None = None,
+    on_run: Callable[[str], None] | None = None,
+) -> dict[str, float]:
     """Train the configured model once, record it in MLflow and return its final metrics.
 
+    `on_epoch` sees each epoch's report after it is logged; when it returns a reason, the training
+    process is killed and the run ends KILLED with that reason, and its metrics are returned
+    without an error. `tags` are added to the run's tags when it is created, after the suite's own,
+    and `on_run` is called with the new run's ID.
     Raises ConfigError, DatasetError or RuntimeMissing before any MLflow run exists, and
     RunFailed after the run has been recorded as FAILED or KILLED.
     """
@@ -89,10 +110,12 @@ def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[s
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     client, experiment_id = open_experiment(tracking_uri, cfg.tracking.experiment_name)
     label = config_label(cfg)
-    run_id = _open_run(client, experiment_id, cfg, label, located.source, position)
+    run_id = _open_run(client, experiment_id, cfg, label, located.source, position, tags or {})
     if epochs_selected_by:
         client.set_tag(run_id, "epochs_selected_by", epochs_selected_by)
     log.info("[%s] %s seed=%s: MLflow run %s in %s", position.describe(), label, cfg.seed, run_id, tracking_uri)
+    if on_run is not None:
+        on_run(run_id)
 
     record = RunRecord()
     with tempfile.TemporaryDirectory(prefix="run-") as scratch:
@@ -100,7 +123,12 @@ def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[s
         result = WorkerResult()
         try:
             _log_inputs(client, run_id, cfg, located.as_dict(), scratch_dir)
-            result = _train_in_child(client, run_id, cfg, python, located.as_dict(), record, position, scratch_dir)
+            result = _train_in_child(
+                client, run_id, cfg, python, located.as_dict(), record, position, scratch_dir, on_epoch
+            )
+        except StopRequested as stop:
+            record.stop_reason = str(stop)
+            return _finish(client, run_id, cfg, label, record, getattr(stop, "worker_result", result), scratch_dir)
         except KeyboardInterrupt as interrupt:
             result = getattr(interrupt, "worker_result", result)
             result.interrupted = True
@@ -114,7 +142,9 @@ def run_training(cfg: DictConfig, position: JobPosition | None = None) -> dict[s
         return _finish(client, run_id, cfg, label, record, result, scratch_dir)
 
 
-def _open_run(client, experiment_id: str, cfg: DictConfig, label: str, data_source: str, position: JobPosition) -> str:
+def _open_run(
+    client, experiment_id: str, cfg: DictConfig, label: str, data_source: str, position: JobPosition, extra_tags: dict
+) -> str:
     """Create the run, or adopt the one `mlflow run` started for this process (MLFLOW_RUN_ID).
 
     A multirun under `mlflow run` gets one run per job instead, each a child of the project's run.
@@ -128,6 +158,8 @@ def _open_run(client, experiment_id: str, cfg: DictConfig, label: str, data_sour
         return project_run
     if project_run:
         tags["mlflow.parentRunId"] = project_run
+    tags.update(extra_tags)
+    run_name = tags.get("mlflow.runName", run_name)  # `extra_tags` may name the run
     return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
 
@@ -196,13 +228,17 @@ def _log_inputs(client, run_id: str, cfg: DictConfig, located: dict, scratch_dir
     client.set_tag(run_id, "dataset_sha256", json.dumps(located["sha256"], sort_keys=True))
 
 
-def _train_in_child(client, run_id, cfg, python, located, record, position, scratch_dir) -> WorkerResult:
+def _train_in_child(client, run_id, cfg, python, located, record, position, scratch_dir, on_epoch) -> WorkerResult:
     progress = _progress_mode(cfg, position)
     spec_file = scratch_dir / "spec.json"
     spec_file.write_text(json.dumps({"config": plain_config(cfg), "dataset": located, "progress": progress}))
 
     def on_report(report: dict) -> None:
         _handle_report(client, run_id, cfg, report, record, position, echo_epochs=progress == "none")
+        if on_epoch is not None and report["event"] == "epoch":
+            reason = on_epoch(report)
+            if reason:
+                raise StopRequested(reason)
 
     def on_start(pid: int) -> None:
         record.worker_pid = pid
@@ -245,6 +281,9 @@ def _worker_environment(cfg: DictConfig) -> dict[str, str]:
         env["TF_NUM_INTEROP_THREADS"] = str(cfg.threads.inter_op)
     if cfg.backend.keras_backend == "theano":
         env["THEANO_FLAGS"] = _theano_flags(cfg)
+    if cfg.backend.keras_backend == "jax":
+        # Only the requested platform: with cuda, a machine without a GPU gets no CPU fallback.
+        env["JAX_PLATFORMS"] = "cuda" if cfg.device.name == "gpu" else "cpu"
     return env
 
 
@@ -331,6 +370,9 @@ def _finish(client, run_id, cfg, label, record, result: WorkerResult, scratch_di
     client.set_tag(run_id, "exit_code", str(result.exit_code))
     client.set_terminated(run_id, status=status)
 
+    if record.stop_reason:
+        log.info("Run %s (%s seed=%s) ended %s: %s", run_id, label, cfg.seed, status, reason)
+        return metrics
     if status != "FINISHED":
         log.error("Run %s (%s seed=%s) ended %s: %s", run_id, label, cfg.seed, status, reason)
         if not result.interrupted:
@@ -372,6 +414,8 @@ def _final_metrics(record: RunRecord, result: WorkerResult) -> dict[str, float]:
 
 def _outcome(record: RunRecord, result: WorkerResult) -> tuple[str, str]:
     """Return the MLflow status and, unless FINISHED, the reason in words."""
+    if record.stop_reason:
+        return "KILLED", "stopped after {} epochs: {}".format(len(record.history), record.stop_reason)
     if result.interrupted:
         return "KILLED", "interrupted by {} after {} epochs".format(result.interrupted_by, len(record.history))
     if result.killed_by:

@@ -105,11 +105,12 @@ def run_worker(
             _collect(process, started, result)
             interrupt.worker_result = result  # type: ignore[attr-defined]
             raise
-        except BaseException:
-            # A failure on this side, such as an unreachable tracking server, must not leave the
-            # child training while no process reads its reports.
+        except BaseException as error:
+            # A failure on this side, such as an unreachable tracking server, or a report handler
+            # that stops the run, must not leave the child training while no process reads its reports.
             process.kill()
             _collect(process, started, result)
+            error.worker_result = result  # type: ignore[attr-defined]
             raise
 
     _collect(process, started, result)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -71,14 +73,22 @@ def hoist_switches(argv: list[str]) -> list[str]:
     return [argv[0], *switches, *rest]
 
 
-def run_command_line(argv: list[str]) -> None:
-    """Run Hydra on `argv` and turn an interruption into a one-line message and exit code."""
+def run_command_line(
+    argv: list[str],
+    hydra_main: Callable[[], Any] | None = None,
+    stop_note: str = "A run in progress is recorded in MLflow as KILLED.",
+) -> None:
+    """Run Hydra on `argv` and turn an interruption into a one-line message and exit code.
+
+    `hydra_main` is the @hydra.main function to run (default: this module's `main`), and
+    `stop_note` follows "Stopped by Ctrl-C." in the message.
+    """
     sys.argv = hoist_switches(argv)
     try:
-        main()
+        (hydra_main or main)()
     except KeyboardInterrupt as interrupt:
         source = interrupt_source(interrupt)
-        sys.stderr.write("Stopped by {}. A run in progress is recorded in MLflow as KILLED.\n".format(source))
+        sys.stderr.write("Stopped by {}. {}\n".format(source, stop_note))
         sys.exit(EXIT_INTERRUPT_CODES[source])
 
 

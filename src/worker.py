@@ -118,6 +118,8 @@ def train(spec: dict, reporter: Reporter, spec_path: str) -> None:
         )
 
     _seed_everything(keras, config["seed"])
+    if config.get("deterministic"):
+        _require_deterministic_ops(keras)
 
     load_started = time.perf_counter()
     dataset_cfg = config["dataset"]
@@ -287,6 +289,29 @@ def _seed_everything(keras, seed):
         tf.set_random_seed(seed)
 
 
+def _require_deterministic_ops(keras):
+    """Make the backend choose deterministic kernels, or raise where it cannot (Keras 2 backends).
+
+    On the CPU, TensorFlow 2.19 repeated its per-epoch values bit for bit without this too, but
+    no documentation promises that. The values with it differ slightly from those without it.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and keras.__version__.startswith("3."):
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+    elif backend != "jax":
+        # JAX's XLA CPU kernels are deterministic already; the Keras 2 backends have no switch.
+        raise ValueError(
+            "deterministic=true is not supported with Keras {} on {}: it has no switch for "
+            "deterministic kernels. Run with deterministic=false.".format(keras.__version__, backend)
+        )
+
+
 def _configure_threads(keras, threads_cfg):
     """Apply the configured thread pools where the backend has an API for it; return what is in force.
 
@@ -303,6 +328,20 @@ def _configure_threads(keras, threads_cfg):
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
         }
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if threads_cfg["intra_op"]:
+            torch.set_num_threads(threads_cfg["intra_op"])
+        if threads_cfg["inter_op"]:
+            torch.set_num_interop_threads(threads_cfg["inter_op"])
+        return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+    if keras.backend.backend() == "jax":
+        # NOTE: jax 0.7.1 has no API for its thread pools: XLA's CPU client sizes them from the
+        # cores it detects, so threads.* does not reach it and 0 (the library's choice) is reported.
+        return {"intra_op": 0, "inter_op": 0}
 
     # Keras 2.2.5 sizes both pools of its TensorFlow session from OMP_NUM_THREADS, and Theano's
     # loops and OpenBLAS read the same variable. The parent sets it from threads.intra_op.
@@ -324,6 +363,18 @@ def _visible_gpus(backend):
         if hasattr(tf.config, "list_physical_devices"):
             return [device.name for device in tf.config.list_physical_devices("GPU")]
         return [name for name in _tf1_device_names() if "GPU" in name]
+    if backend == "jax":
+        import jax
+
+        try:
+            return [str(device) for device in jax.devices() if device.platform == "gpu"]
+        except (RuntimeError, AssertionError):
+            # With JAX_PLATFORMS=cuda and no usable CUDA plugin, jax 0.7.1 raises a bare AssertionError.
+            return []
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
     return []
 
 
@@ -345,6 +396,16 @@ def _library_versions(keras, backend):
         import theano
 
         versions["theano"] = theano.__version__
+    elif backend == "jax":
+        import jax
+        import jaxlib
+
+        versions["jax"] = jax.__version__
+        versions["jaxlib"] = jaxlib.__version__
+    elif backend == "torch":
+        import torch
+
+        versions["torch"] = torch.__version__
     return versions
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import compose_config, run_cli, runs_in
+from omegaconf import OmegaConf
 
 from src.config import KNOWN_KEYS, ConfigError, config_id, config_label, flatten, plain_config, validate_config
 from src.train import hoist_switches
@@ -91,6 +92,14 @@ def test_config_id_ignores_seed_and_store():
     assert config_id(compose_config(["dataset=fmnist"])) != base
     assert config_id(compose_config(["epochs=10"])) != base
     assert config_id(compose_config(["optimizer.learning_rate=0.01"])) != base
+
+
+def test_config_id_of_a_key_at_its_default_matches_runs_recorded_before_the_key():
+    cfg = compose_config([])
+    without_key = OmegaConf.create({key: value for key, value in plain_config(cfg).items() if key != "deterministic"})
+
+    assert config_id(cfg) == config_id(without_key)
+    assert config_id(compose_config(["deterministic=true"])) != config_id(cfg)
 
 
 def test_config_label_names_the_groups():

@@ -37,10 +37,13 @@ BACKEND_VERSIONS = {
     "tensorflow": [("version.keras", "3."), ("version.tensorflow", "2."), ("version.python", "3.11")],
     "tensorflow1": [("version.keras", "2.2.5"), ("version.tensorflow", "1.15."), ("version.python", "3.7")],
     "theano": [("version.keras", "2.2.5"), ("version.theano", "1.0.5"), ("version.python", "3.7")],
+    "jax": [("version.keras", "3."), ("version.jax", "0.7."), ("version.python", "3.11"), ("env.JAX_PLATFORMS", "cpu")],
+    "torch": [("version.keras", "3."), ("version.torch", "2."), ("version.python", "3.11")],
 }
+MODERN_BACKENDS = ("tensorflow", "jax", "torch")
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "tensorflow1", "theano"])
+@pytest.mark.parametrize("backend", ["tensorflow", "tensorflow1", "theano", "jax", "torch"])
 def test_multirun_records_each_repeat(backend, cli_env, tmp_path: Path, tracking_uri: str, theano_compiledir: Path):
     overrides = ["-m", "backend={}".format(backend), "dataset.limit=2000", "epochs=2", "repeats=2"]
     if backend == "theano":
@@ -71,7 +74,9 @@ def test_multirun_records_each_repeat(backend, cli_env, tmp_path: Path, tracking
         assert run.data.tags["data.train_samples"] == "2000"
         for tag, prefix in BACKEND_VERSIONS[backend]:
             assert run.data.tags[tag].startswith(prefix), tag
-        assert run.data.tags["runtime"] == ("modern" if backend == "tensorflow" else "legacy")
+        assert run.data.tags["runtime"] == ("modern" if backend in MODERN_BACKENDS else "legacy")
+        assert run.data.tags["keras_backend"] == run.data.params["backend.keras_backend"]
+        assert run.data.tags["visible_gpus"] == "none"
         assert "openblas" in run.data.tags["blas"].lower()
         assert "mlflow.source.git.commit" in run.data.tags
         assert json.loads(run.data.tags["dataset_sha256"]) == catalogue.IDX_SHA256["mnist"]
@@ -84,7 +89,7 @@ def test_multirun_records_each_repeat(backend, cli_env, tmp_path: Path, tracking
             "worker.log",
         }
 
-    if backend != "tensorflow":
+    if backend not in MODERN_BACKENDS:
         assert all(run.data.metrics["compile_time_s"] > 0 for run in runs)
     if backend == "theano":
         assert all(run.data.tags["compile_cache"] in ("cold", "warm") for run in runs)
@@ -114,11 +119,14 @@ def test_holdout_validation_keeps_test_split_apart(cli_env, tmp_path: Path, trac
     assert "test_error" in run.data.metrics
 
 
-def test_gpu_request_without_gpu_fails_clearly(cli_env, tmp_path: Path, tracking_uri: str):
-    result = run_cli(["device=gpu", "dataset.limit=500", "epochs=1"], cli_env, tmp_path)
+@pytest.mark.parametrize(
+    ("backend", "library"), [("tensorflow", "tensorflow 2."), ("jax", "jax 0."), ("torch", "torch 2.")]
+)
+def test_gpu_request_without_gpu_fails_clearly(backend, library, cli_env, tmp_path: Path, tracking_uri: str):
+    result = run_cli(["backend=" + backend, "device=gpu", "dataset.limit=500", "epochs=1"], cli_env, tmp_path)
 
     assert result.returncode == 1
-    assert "device=gpu was requested but backend=tensorflow (tensorflow 2." in result.stderr
+    assert "device=gpu was requested but backend={} ({}".format(backend, library) in result.stderr
     assert "Traceback" not in result.stderr
     (run,) = runs_in(tracking_uri)
     assert run.info.status == "FAILED"
