@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,25 @@ def run_cli(arguments: list[str], env: dict[str, str], tmp_path: Path, timeout: 
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_module(module: str, arguments: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start `python -m MODULE ARGUMENTS` in its own process group, so a test can Ctrl-C it like a terminal.
+
+    SIGINT is set back to its default in the child: a shell without job control starts background
+    commands with SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so a test
+    suite started with `&` would otherwise see its Ctrl-C tests fail.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *arguments],
+        cwd=REPOSITORY_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

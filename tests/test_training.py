@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPOSITORY_ROOT, run_cli, runs_in
+from conftest import REPOSITORY_ROOT, run_cli, runs_in, start_module
 from mlflow.tracking import MlflowClient
 
 from src.data import catalogue
@@ -146,16 +146,7 @@ def test_training_error_is_recorded_with_traceback(cli_env, tmp_path: Path, trac
 
 def _start_cli(arguments: list[str], env: dict, tmp_path: Path, name: str = "job") -> subprocess.Popen:
     hydra_dirs = ["hydra.run.dir={}".format(tmp_path / name), "hydra.sweep.dir={}".format(tmp_path / (name + "-sweep"))]
-    command = [sys.executable, "-m", "src.train", *arguments, *hydra_dirs]
-    return subprocess.Popen(
-        command,
-        cwd=REPOSITORY_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, so a test can Ctrl-C it like a terminal
-    )
+    return start_module("src.train", [*arguments, *hydra_dirs], env)
 
 
 def _wait_for_epochs(tracking_uri: str, process: subprocess.Popen, epochs: int, timeout: float = 180):

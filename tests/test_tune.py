@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import REPOSITORY_ROOT, compose_config, run_cli, runs_in
+from conftest import REPOSITORY_ROOT, compose_config, run_cli, runs_in, start_module
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
@@ -78,12 +78,12 @@ def test_invalid_trials_fails_before_study(cli_env, tmp_path: Path, tracking_uri
     assert runs_in(tracking_uri, TUNING_EXPERIMENT) == []
 
 
-def _tune_command(arguments: list[str], tmp_path: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "src.tune", *arguments, "hydra.run.dir={}".format(tmp_path / name)]
+def _tune_arguments(arguments: list[str], tmp_path: Path, name: str) -> list[str]:
+    return [*arguments, "hydra.run.dir={}".format(tmp_path / name)]
 
 
 def _run_tune(arguments: list[str], env: dict, tmp_path: Path, name: str = "tune") -> subprocess.CompletedProcess:
-    command = _tune_command(arguments, tmp_path, name)
+    command = [sys.executable, "-m", "src.tune", *_tune_arguments(arguments, tmp_path, name)]
     return subprocess.run(command, cwd=REPOSITORY_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -91,22 +91,14 @@ def _trial_runs(tracking_uri: str) -> list:
     return [run for run in runs_in(tracking_uri, TUNING_EXPERIMENT) if run.data.tags.get("optuna.role") == "trial"]
 
 
-def _interrupt_in_second_trial(command: list[str], env: dict, tracking_uri: str) -> tuple[int, str]:
+def _interrupt_in_second_trial(arguments: list[str], env: dict, tracking_uri: str) -> tuple[int, str]:
     """Start the study, send Ctrl-C once the second trial trains, and return the exit code and output.
 
     The signal waits for the trial's training process (its `worker_pid` tag): sent while the job
     still writes the run's inputs, a KeyboardInterrupt can land in a SQLAlchemy weakref callback,
     where Python prints it and drops it.
     """
-    process = subprocess.Popen(
-        command,
-        cwd=REPOSITORY_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process = start_module("src.tune", arguments, env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
@@ -141,7 +133,7 @@ def test_study_resumes_prunes_and_writes_preset(cli_env, tmp_path: Path, trackin
         "tune.pruner.n_warmup_steps=0",
     ]
 
-    exit_code, output = _interrupt_in_second_trial(_tune_command(arguments, tmp_path, "first"), cli_env, tracking_uri)
+    exit_code, output = _interrupt_in_second_trial(_tune_arguments(arguments, tmp_path, "first"), cli_env, tracking_uri)
 
     assert exit_code == 130, output
     assert "Rerun the same command to resume the study." in output
