@@ -36,8 +36,8 @@ IDENTITY_EXCLUDED = (
 )
 
 # Keys added after runs were first recorded, with their defaults. A key at its default is left out
-# of the identity, so that the runs recorded before it existed keep their config_id and still group
-# with new runs of the same settings; any other value is part of the identity.
+# of the identity. Runs recorded before the key existed then keep their config_id and group with new
+# runs of the same settings. Any other value is part of the identity.
 IDENTITY_DEFAULTS = {"deterministic": False}
 
 

@@ -66,9 +66,9 @@ def run_cli(arguments: list[str], env: dict[str, str], tmp_path: Path, timeout: 
 def start_module(module: str, arguments: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start `python -m MODULE ARGUMENTS` in its own process group, so a test can Ctrl-C it like a terminal.
 
-    SIGINT is set back to its default in the child: a shell without job control starts background
-    commands with SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so a test
-    suite started with `&` would otherwise see its Ctrl-C tests fail.
+    The child gets SIGINT back at its default. A shell without job control starts background
+    commands with SIGINT ignored, and Python then installs no KeyboardInterrupt handler. Without the
+    reset, a test suite started with `&` would fail its Ctrl-C tests.
     """
     return subprocess.Popen(
         [sys.executable, "-m", module, *arguments],

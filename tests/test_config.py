@@ -94,7 +94,7 @@ def test_config_id_ignores_seed_and_store():
     assert config_id(compose_config(["optimizer.learning_rate=0.01"])) != base
 
 
-def test_config_id_of_a_key_at_its_default_matches_runs_recorded_before_the_key():
+def test_config_id_leaves_out_deterministic_at_default():
     cfg = compose_config([])
     without_key = OmegaConf.create({key: value for key, value in plain_config(cfg).items() if key != "deterministic"})
 
