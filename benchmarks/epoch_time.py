@@ -1,8 +1,9 @@
 """Per-epoch training time of the backends, measured side by side in one invocation.
 
-    python benchmarks/epoch_time.py [--epochs 3] [--dataset mnist] [--limit N]
+    python benchmarks/epoch_time.py [--epochs 3] [--dataset mnist] [--limit N] [--backends a,b,...]
 
-Runs `python -m src.train -m backend=tensorflow,tensorflow1,theano` with one seed into a temporary
+Runs `python -m src.train -m backend=tensorflow,jax,torch,tensorflow1,theano` (or --backends) with
+one seed into a temporary
 MLflow store, so the backends run one after the other on the same machine. It prints, per backend,
 the median epoch time without the first epoch, the compile time, the three process times, and the
 ratio of median epoch times to the first backend listed. The first epoch is left out of the median
@@ -24,7 +25,7 @@ sys.path.insert(0, str(REPOSITORY_ROOT))
 
 from src.tracking import connect  # noqa: E402 - needs the repository on sys.path
 
-BACKENDS = ("tensorflow", "tensorflow1", "theano")
+BACKENDS = ("tensorflow", "jax", "torch", "tensorflow1", "theano")
 
 
 def main() -> int:
@@ -32,6 +33,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per backend (>= 2; default 3)")
     parser.add_argument("--dataset", default="mnist", help="mnist, fmnist or cifar10 (default mnist)")
     parser.add_argument("--limit", type=int, default=None, help="training samples (default: all)")
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help="comma-separated, first is the reference (default: all five)"
+    )
     arguments = parser.parse_args()
     if arguments.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is left out of the median")
@@ -40,7 +44,7 @@ def main() -> int:
         uri = "sqlite:///{}".format(Path(scratch) / "mlflow.db")
         overrides = [
             "-m",
-            "backend={}".format(",".join(BACKENDS)),
+            "backend={}".format(arguments.backends),
             "dataset={}".format(arguments.dataset),
             "epochs={}".format(arguments.epochs),
             "seed=0",
@@ -78,14 +82,16 @@ def _collect(uri: str) -> dict[str, dict]:
 
 
 def _print_table(rows: dict[str, dict], arguments: argparse.Namespace) -> None:
-    reference = rows[BACKENDS[0]]["median_epoch_s"]
+    backends = arguments.backends.split(",")
+    reference = rows[backends[0]]["median_epoch_s"]
     print()
     print("dataset={} epochs={} limit={}".format(arguments.dataset, arguments.epochs, arguments.limit or "all"))
     header = "{:<12} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10}".format(
-        "backend", "epoch s", "1st ep s", "compile", "user s", "sys s", "total s", "val_err", "epoch/tf2"
+        "backend", "epoch s", "1st ep s", "compile", "user s", "sys s", "total s", "val_err", "ratio"
     )
+    print("ratio: median epoch time over that of {}".format(backends[0]))
     print(header)
-    for backend in BACKENDS:
+    for backend in backends:
         row = rows[backend]
         print(
             "{:<12} {:>10.2f} {:>10.2f} {:>9.2f} {:>8.1f} {:>8.1f} {:>8.1f} {:>9.4f} {:>10.2f}".format(
