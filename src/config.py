@@ -65,7 +65,9 @@ def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
 
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "epochs": _whole_at_least(1),
+    # `auto` never reaches this check: src.epoch_choice replaces it first, so a value left here that
+    # is not whole was a misspelling of a number or of auto.
+    "epochs": (_whole_at_least(1)[0], "a whole number >= 1, or auto (the count python -m src.compare selected)"),
     "batch_size": _whole_at_least(1),
     "seed": _whole_at_least(0),
     "repeats": _whole_at_least(1),

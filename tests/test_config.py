@@ -56,8 +56,9 @@ def test_quick_preset_changes_only_its_keys():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("epochs=-1", "epochs=-1 is invalid: expected a whole number >= 1."),
-        ("epochs=2.5", "epochs=2.5 is invalid: expected a whole number >= 1."),
+        ("epochs=-1", "epochs=-1 is invalid: expected a whole number >= 1, or auto"),
+        ("epochs=2.5", "epochs=2.5 is invalid: expected a whole number >= 1, or auto"),
+        ("epochs=atuo", "epochs=atuo is invalid: expected a whole number >= 1, or auto"),
         ("batch_size=0", "batch_size=0 is invalid: expected a whole number >= 1."),
         ("seed=-3", "seed=-3 is invalid: expected a whole number >= 0."),
         ("optimizer.name=adamw", "optimizer.name=adamw is invalid: expected one of: adam, sgd, rmsprop."),
@@ -127,7 +128,7 @@ def test_invalid_value_fails_without_traceback(cli_env: dict, tmp_path: Path, tr
     result = run_cli(["epochs=-1", "batch_size=0"], cli_env, tmp_path)
 
     assert result.returncode == 2
-    assert "epochs=-1 is invalid: expected a whole number >= 1." in result.stderr
+    assert "epochs=-1 is invalid: expected a whole number >= 1, or auto" in result.stderr
     assert "batch_size=0 is invalid" in result.stderr
     assert "Traceback" not in result.stderr
     assert runs_in(tracking_uri) == []
