@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -70,6 +71,8 @@ def reproduce(run_id: str, tracking_uri: str) -> dict:
 
 
 def _logged_config(run_id: str, tracking_uri: str) -> DictConfig:
+    # One small file: MLflow's download progress bar would only clutter the comparison printed below.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="reproduce-") as scratch:
         try:
             path = mlflow.artifacts.download_artifacts(
