@@ -245,33 +245,19 @@ def test_epoch_selection_ignores_spark_runs(store, tracking_uri: str, tmp_path: 
 
 def test_rerun_of_a_seed_counts_once(store, tracking_uri: str, tmp_path: Path, capsys):
     client, experiment_id = store
-    old = log_run(
-        client,
-        experiment_id,
-        config_id="a",
-        backend="tensorflow",
-        seed=0,
-        metrics={"total_time_s": 5.0},
-        start_time=1000,
-    )
-    newest = log_run(
-        client,
-        experiment_id,
-        config_id="a",
-        backend="tensorflow",
-        seed=0,
-        metrics={"total_time_s": 7.0},
-        start_time=2000,
-    )
-    log_run(
-        client,
-        experiment_id,
-        config_id="a",
-        backend="tensorflow",
-        seed=1,
-        metrics={"total_time_s": 9.0},
-        start_time=3000,
-    )
+    # Seed 0 twice (a rerun, started later) and seed 1 once.
+    old, newest, _ = [
+        log_run(
+            client,
+            experiment_id,
+            config_id="a",
+            backend="tensorflow",
+            seed=seed,
+            metrics={"total_time_s": total},
+            start_time=start_time,
+        )
+        for seed, total, start_time in [(0, 5.0, 1000), (0, 7.0, 2000), (1, 9.0, 3000)]
+    ]
 
     output = tmp_path / "out"
     assert compare.main(["tracking_uri=" + tracking_uri, "--output", str(output)]) == 0
