@@ -44,8 +44,8 @@ def resolve_auto_epochs(cfg: DictConfig) -> str | None:
         "or set epochs to a whole number.".format(dataset, backend)
     )
     missing = (
-        "epochs=auto found no epoch count selected from single-machine (topology=single) runs for dataset={} "
-        "backend={} in experiment '{}' at {}: {}".format(dataset, backend, experiment_name, tracking_uri, "{}")
+        "epochs=auto found no epoch count selected for dataset={} backend={} from single-machine (topology=single) "
+        "runs in experiment '{}' at {}: {}".format(dataset, backend, experiment_name, tracking_uri, "{}")
     )
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists():
