@@ -26,7 +26,16 @@ from src import report
 from src.comparison import build_comparison, load_paper_results
 from src.epoch_choice import selection_tag
 from src.paths import REPOSITORY_ROOT
-from src.run_groups import COMPARISON_RUN_TYPE, FILTER_TAGS, RUN_TYPE_TAG, RunGroup, group_runs, select_runs
+from src.run_groups import (
+    COMPARISON_RUN_TYPE,
+    FILTER_TAGS,
+    RUN_TYPE_TAG,
+    SUPERSEDED,
+    RunGroup,
+    group_runs,
+    is_comparison_run,
+    select_runs,
+)
 from src.tracking import connect, resolve_tracking_uri, ui_command
 
 EXIT_INVALID_INPUT = 2
@@ -114,6 +123,17 @@ def describe_filters(filters: dict[str, list[str]]) -> str:
     return " ".join("{}={}".format(key, ",".join(values)) for key, values in filters.items()) or "none"
 
 
+def describe_available(runs: list, filters: dict[str, list[str]]) -> str:
+    """Name the values that the FINISHED training runs carry for each filtered tag, to spot a misspelled filter."""
+    training = [run for run in runs if "config_id" in run.data.tags and not is_comparison_run(run)]
+    finished = [run for run in training if run.info.status == "FINISHED"]
+    parts = []
+    for key in filters:
+        values = sorted({run.data.tags[key] for run in finished if key in run.data.tags})
+        parts.append("{} has: {}".format(key, ", ".join(values) or "no values"))
+    return "; ".join(parts) or "the experiment has no FINISHED training runs"
+
+
 def describe_skipped(skipped) -> str:
     if not skipped:
         return "none"
@@ -126,12 +146,16 @@ def run_comparison(argv: list[str]) -> Path:
     tracking_uri = resolve_tracking_uri(settings["tracking_uri"] or None)
     client, experiment_id = open_store(tracking_uri, settings["experiment_name"])
 
-    selection = select_runs(all_runs(client, experiment_id), filters)
+    runs = all_runs(client, experiment_id)
+    selection = select_runs(runs, filters)
     if not selection.finished:
         raise CompareError(
-            "no FINISHED training runs in experiment '{}' match filters {} (skipped: {}). Train some with "
+            "no FINISHED training runs in experiment '{}' match filters {} (skipped: {}; {}). Train some with "
             "`python -m src.train -m ...`, or loosen the filters.".format(
-                settings["experiment_name"], describe_filters(filters), describe_skipped(selection.skipped_by_status)
+                settings["experiment_name"],
+                describe_filters(filters),
+                describe_skipped(selection.skipped_by_status),
+                describe_available(runs, filters),
             )
         )
     groups = group_runs(selection.finished)
@@ -162,7 +186,7 @@ def run_comparison(argv: list[str]) -> Path:
     print("\nWrote the tables, {} figures and report.html to {}".format(len(figures), output))
 
     if not options.no_record:
-        run_id = record_comparison(client, experiment_id, context, filters, groups, tables, output)
+        run_id = record_comparison(client, experiment_id, context, groups, selection.superseded, tables, output)
         print(
             "Recorded comparison run {} in experiment '{}'. Open it with: {}".format(
                 run_id, settings["experiment_name"], ui_command(tracking_uri)
@@ -184,7 +208,7 @@ def print_tables(context: report.ReportContext, report_sections) -> None:
             print("\n{}\n{}\n{}".format(title, textwrap.fill(explanation, width=120), table.to_string(index=False)))
 
 
-def record_comparison(client, experiment_id, context, filters, groups, tables, output: Path) -> str:
+def record_comparison(client, experiment_id, context, groups, superseded, tables, output: Path) -> str:
     """Create the comparison run, log what it summarised and its files, and end it FINISHED."""
     tags = {
         RUN_TYPE_TAG: COMPARISON_RUN_TYPE,
@@ -214,7 +238,7 @@ def record_comparison(client, experiment_id, context, filters, groups, tables, o
         )
         with tempfile.TemporaryDirectory(prefix="compared-runs-") as scratch:
             listing = Path(scratch) / "compared_runs.csv"
-            _compared_runs(groups).to_csv(listing, index=False)
+            _compared_runs(groups, superseded).to_csv(listing, index=False)
             client.log_artifact(run_id, str(listing))
         client.log_artifacts(run_id, str(output))
     except BaseException:
@@ -224,19 +248,31 @@ def record_comparison(client, experiment_id, context, filters, groups, tables, o
     return run_id
 
 
-def _compared_runs(groups: list[RunGroup]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "config_id": group.config_id,
-                "configuration": group.label,
-                "run_id": run.info.run_id,
-                "seed": run.data.params.get("seed"),
-            }
-            for group in groups
-            for run in group.runs
-        ]
-    )
+def _compared_runs(groups: list[RunGroup], superseded: list) -> pd.DataFrame:
+    """List every compared run as "compared" and every older rerun of a seed as "superseded"."""
+    rows = [
+        {
+            "config_id": group.config_id,
+            "configuration": group.label,
+            "run_id": run.info.run_id,
+            "seed": run.data.params.get("seed"),
+            "status": "compared",
+        }
+        for group in groups
+        for run in group.runs
+    ]
+    labels = {group.config_id: group.label for group in groups}
+    rows += [
+        {
+            "config_id": run.data.tags["config_id"],
+            "configuration": labels.get(run.data.tags["config_id"], ""),
+            "run_id": run.info.run_id,
+            "seed": run.data.params.get("seed"),
+            "status": SUPERSEDED,
+        }
+        for run in superseded
+    ]
+    return pd.DataFrame(rows)
 
 
 def _note(context: report.ReportContext, tables) -> str:

@@ -31,6 +31,10 @@ SPARK_METRICS = (
 )
 
 
+# Topology whose runs decide the epoch count recorded for `epochs=auto`.
+SELECTING_TOPOLOGY = "single"
+
+
 @dataclass
 class ComparisonTables:
     """Every table of one comparison, and the mean curves the figures and the epoch rule use."""
@@ -234,8 +238,11 @@ def distributed_table(groups: list[RunGroup], paper_rows: list[dict]) -> pd.Data
 def epoch_table(groups: list[RunGroup], curves: dict[str, tuple]) -> pd.DataFrame:
     """Return the epoch count the one-standard-deviation rule picks, per configuration.
 
-    `chosen` marks the row recorded for its dataset and backend: the configuration with the longest
-    mean curve, then the most runs, so that a short trial does not override a full-length study.
+    `chosen` marks the row recorded for its dataset and backend: among the single-machine
+    configurations (topology=single), the one with the longest mean curve, then the most runs, so that
+    a short trial does not override a full-length study. The study chose its epoch count from the
+    single-machine curves and reused it on Spark, so a Spark run never decides. A dataset and backend
+    with Spark runs only gets no chosen row.
     """
     rows = []
     for group in groups:
@@ -248,6 +255,7 @@ def epoch_table(groups: list[RunGroup], curves: dict[str, tuple]) -> pd.DataFram
             {
                 "dataset": group.tag("dataset"),
                 "backend": group.tag("backend"),
+                "topology": group.tag("topology"),
                 "configuration": group.label,
                 "runs": len(group.runs),
                 "epochs_trained": len(means),
@@ -262,7 +270,8 @@ def epoch_table(groups: list[RunGroup], curves: dict[str, tuple]) -> pd.DataFram
     if table.empty:
         return table
 
-    ranked = table.sort_values(["epochs_trained", "runs"], ascending=False)
+    single_machine = table[table["topology"] == SELECTING_TOPOLOGY]
+    ranked = single_machine.sort_values(["epochs_trained", "runs"], ascending=False)
     chosen = ranked.drop_duplicates(["dataset", "backend"]).index
     table["chosen"] = table.index.isin(chosen)
     return table

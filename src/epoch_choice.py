@@ -1,5 +1,8 @@
 """`epochs=auto`: the epoch count that the latest comparison selected for a dataset and backend.
 
+The selection comes from the single-machine (topology=single) runs only, so Spark runs reuse the
+count that the single-machine curves chose, as the reproduced study did.
+
 `python -m src.compare` records its selection as tags of its comparison run, one tag per dataset
 and backend (`epochs_selected.mnist.theano` = "12"); `python -m src.train epochs=auto` reads the
 newest such tag in the same experiment.
@@ -40,8 +43,9 @@ def resolve_auto_epochs(cfg: DictConfig) -> str | None:
         "Run the single-machine repeats and then `python -m src.compare dataset={} backend={}` to record one, "
         "or set epochs to a whole number.".format(dataset, backend)
     )
-    missing = "epochs=auto found no epoch count selected for dataset={} backend={} in experiment '{}' at {}: {}".format(
-        dataset, backend, experiment_name, tracking_uri, "{}"
+    missing = (
+        "epochs=auto found no epoch count selected for dataset={} backend={} from single-machine (topology=single) "
+        "runs in experiment '{}' at {}: {}".format(dataset, backend, experiment_name, tracking_uri, "{}")
     )
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists():

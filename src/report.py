@@ -22,6 +22,13 @@ from src.stats import summarize
 # The reproduced study plotted the mean validation error over its first 50 epochs and over all 200.
 SHORT_CURVE_EPOCHS = 50
 TIMES = ("user_time_s", "system_time_s", "total_time_s")
+# A Spark run's user and system time cover the driver process only, so its panel draws the Spark
+# application's times instead: executor run time summed over tasks, and SparkContext start to stop.
+SPARK_TIMES = ("spark_task_time_total_s", "spark_total_time_s", "total_time_s")
+TIME_LABELS = {
+    "spark_task_time_total_s": "spark_task_time_total_s (executors, summed over tasks)",
+    "spark_total_time_s": "spark_total_time_s (Spark application wall time)",
+}
 
 
 @dataclass
@@ -87,7 +94,9 @@ def _format(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
-        return "{:.{}g}".format(value, digits)
+        text = "{:.{}g}".format(value, digits)
+        # `g` switches to exponent form once the integer part has more digits than `digits` (100 -> 1e+02).
+        return "{:.0f}".format(value) if "e+" in text else text
     return str(value)
 
 
@@ -131,20 +140,30 @@ def draw_figures(groups: list[RunGroup], tables: ComparisonTables, folder: Path)
 
 
 def _draw_time_bars(groups: list[RunGroup], title: str, path: Path) -> Path:
-    """Bars of mean user, system and total time per configuration, with the 95 % interval as error bars."""
+    """Bars of mean times per configuration, with the 95 % interval as error bars.
+
+    Single-machine panels draw user, system and total time. Panels of Spark runs draw SPARK_TIMES.
+    """
+    spark = any(group.values("spark_total_time_s") for group in groups)
+    metrics = SPARK_TIMES if spark else TIMES
     summary_rows = []
     for group in groups:
-        for metric in TIMES:
+        for metric in metrics:
             values = group.values(metric)
             mean = sum(values) / len(values) if values else math.nan
             summary_rows.append((group.label, metric, mean, _half_width(values)))
 
     figure, axis = plt.subplots(figsize=(max(6, 2.2 * len(groups)), 4))
-    width = 0.8 / len(TIMES)
-    for offset, metric in enumerate(TIMES):
+    width = 0.8 / len(metrics)
+    for offset, metric in enumerate(metrics):
         rows = [row for row in summary_rows if row[1] == metric]
         positions = [index + (offset - 1) * width for index in range(len(rows))]
-        axis.bar(positions, [row[2] for row in rows], width, yerr=[row[3] for row in rows], capsize=3, label=metric)
+        means = [row[2] for row in rows]
+        # A time cannot be negative, but a t interval of 2 or 3 runs often reaches below zero, so the
+        # lower bar stops at zero. The CSV files keep the unclipped interval.
+        lower = [min(row[3], row[2]) if not math.isnan(row[2]) else 0.0 for row in rows]
+        upper = [row[3] for row in rows]
+        axis.bar(positions, means, width, yerr=[lower, upper], capsize=3, label=TIME_LABELS.get(metric, metric))
     axis.set_xticks(range(len(groups)))
     axis.set_xticklabels([group.label for group in groups], rotation=15, ha="right", fontsize=8)
     axis.set_ylabel("seconds (mean of runs, 95 % CI)")

@@ -11,6 +11,9 @@ from mlflow.entities import Run
 RUN_TYPE_TAG = "run_type"
 COMPARISON_RUN_TYPE = "comparison"
 
+# Skip reason of a FINISHED run that a newer FINISHED run of the same config_id and seed replaces.
+SUPERSEDED = "superseded"
+
 # Tags that a `python -m src.compare KEY=VALUE` filter may name.
 FILTER_TAGS = ("dataset", "backend", "device", "topology", "model", "config_id")
 
@@ -72,6 +75,8 @@ class RunSelection:
     finished: list[Run]
     skipped_by_status: Counter
     comparison_runs: int
+    # Older FINISHED runs of a (config_id, seed) that a newer FINISHED run of the same seed replaces.
+    superseded: list[Run] = field(default_factory=list)
 
 
 def is_comparison_run(run: Run) -> bool:
@@ -81,8 +86,10 @@ def is_comparison_run(run: Run) -> bool:
 def select_runs(runs: list[Run], filters: dict[str, list[str]]) -> RunSelection:
     """Keep the FINISHED training runs whose tags match every filter; count the others by status.
 
-    Runs without a `config_id` tag (started by other tools) and comparison runs are not training
-    runs of this suite and are left out without being counted as skipped.
+    A rerun of one seed is not a new repeat, so only the newest FINISHED run of each (config_id,
+    seed) is kept, and the older ones are counted as "superseded". Runs without a `config_id` tag
+    (started by other tools) and comparison runs are not training runs of this suite and are left
+    out without being counted as skipped.
     """
     finished: list[Run] = []
     skipped: Counter = Counter()
@@ -99,7 +106,20 @@ def select_runs(runs: list[Run], filters: dict[str, list[str]]) -> RunSelection:
             finished.append(run)
         else:
             skipped[run.info.status] += 1
-    return RunSelection(finished, skipped, comparisons)
+
+    newest: dict[tuple[str, str], Run] = {}
+    superseded: list[Run] = []
+    for run in sorted(finished, key=lambda run: run.info.start_time or 0, reverse=True):
+        key = (run.data.tags["config_id"], run.data.params.get("seed", ""))
+        if key in newest:
+            superseded.append(run)
+        else:
+            newest[key] = run
+    superseded_ids = {run.info.run_id for run in superseded}
+    kept = [run for run in finished if run.info.run_id not in superseded_ids]
+    if superseded:
+        skipped[SUPERSEDED] = len(superseded)
+    return RunSelection(kept, skipped, comparisons, superseded)
 
 
 def group_runs(runs: list[Run]) -> list[RunGroup]:

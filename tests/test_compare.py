@@ -14,14 +14,16 @@ import pytest
 from conftest import EXPERIMENT, compose_config, runs_in
 from mlflow.entities import Metric, Param
 
-from src import compare
+from src import compare, report
 from src.config import ConfigError
 from src.epoch_choice import resolve_auto_epochs
 from src.run_groups import is_comparison_run
 from src.tracking import open_experiment
 
 
-def log_run(client, experiment_id, *, config_id, backend, seed, metrics, curve=(), status="FINISHED", **tags):
+def log_run(
+    client, experiment_id, *, config_id, backend, seed, metrics, curve=(), status="FINISHED", start_time=None, **tags
+):
     """Create one finished training run the way src.runner tags it, with the given final metrics."""
     values = {"dataset": "mnist", "device": "cpu", "topology": "single", "model": "paper_cnn", **tags}
     run_tags = {
@@ -31,7 +33,9 @@ def log_run(client, experiment_id, *, config_id, backend, seed, metrics, curve=(
         "seed": str(seed),
         **values,
     }
-    run = client.create_run(experiment_id, run_name="{}-seed{}".format(config_id, seed), tags=run_tags)
+    run = client.create_run(
+        experiment_id, run_name="{}-seed{}".format(config_id, seed), tags=run_tags, start_time=start_time
+    )
     params = {"seed": str(seed), "epochs": str(len(curve) or 1), "dataset.limit": "null", "backend.name": backend}
     points = [Metric(name, float(value), 0, 0) for name, value in metrics.items()]
     points += [Metric("val_error", float(value), 0, step) for step, value in enumerate(curve, start=1)]
@@ -200,6 +204,80 @@ def test_epoch_selection_is_recorded_and_resolved(store, tracking_uri: str, tmp_
     assert cfg.epochs == 4
 
 
+def test_epoch_selection_ignores_spark_runs(store, tracking_uri: str, tmp_path: Path):
+    client, experiment_id = store
+    # Two single-machine repeats, 3 epochs: the rule picks epoch 2 (sd 0.02 at the best epoch 3).
+    for seed, curve in enumerate([[0.5, 0.12, 0.10], [0.5, 0.12, 0.12]]):
+        log_run(client, experiment_id, config_id="single", backend="tensorflow", seed=seed, metrics={}, curve=curve)
+    # One longer Spark trial, best at epoch 4: it must not decide the count.
+    spark_curve = [0.6, 0.4, 0.3, 0.2]
+    log_run(
+        client,
+        experiment_id,
+        config_id="spark",
+        backend="tensorflow",
+        seed=0,
+        metrics={},
+        curve=spark_curve,
+        topology="spark_local",
+    )
+    # A Spark-only backend gets no selection at all.
+    log_run(
+        client,
+        experiment_id,
+        config_id="k",
+        backend="theano",
+        seed=0,
+        metrics={},
+        curve=spark_curve,
+        topology="spark_local",
+    )
+
+    output = tmp_path / "out"
+    assert compare.main(["tracking_uri=" + tracking_uri, "--output", str(output)]) == 0
+
+    (comparison,) = [run for run in runs_in(tracking_uri) if is_comparison_run(run)]
+    assert comparison.data.tags["epochs_selected.mnist.tensorflow"] == "2"
+    assert "epochs_selected.mnist.theano" not in comparison.data.tags
+    chosen = {row["topology"] for row in read_csv(output / "epochs.csv") if row["chosen"] == "True"}
+    assert chosen == {"single"}
+
+
+def test_rerun_of_a_seed_counts_once(store, tracking_uri: str, tmp_path: Path, capsys):
+    client, experiment_id = store
+    # Seed 0 twice (a rerun, started later) and seed 1 once.
+    old, newest, _ = [
+        log_run(
+            client,
+            experiment_id,
+            config_id="a",
+            backend="tensorflow",
+            seed=seed,
+            metrics={"total_time_s": total},
+            start_time=start_time,
+        )
+        for seed, total, start_time in [(0, 5.0, 1000), (0, 7.0, 2000), (1, 9.0, 3000)]
+    ]
+
+    output = tmp_path / "out"
+    assert compare.main(["tracking_uri=" + tracking_uri, "--output", str(output)]) == 0
+
+    printed = capsys.readouterr().out
+    assert "2 FINISHED training runs compared" in printed
+    assert "skipped: 1 superseded" in printed
+    (row,) = [row for row in read_csv(output / "summary.csv") if row["metric"] == "total_time_s"]
+    assert row["n"] == "2"
+    assert float(row["mean"]) == pytest.approx(8.0)
+
+    (comparison,) = [run for run in runs_in(tracking_uri) if is_comparison_run(run)]
+    assert comparison.data.params["skipped_runs"] == "1 superseded"
+    listing = Path(client.download_artifacts(comparison.info.run_id, "compared_runs.csv", str(tmp_path)))
+    statuses = {row["run_id"]: row["status"] for row in read_csv(listing)}
+    assert statuses[old] == "superseded"
+    assert statuses[newest] == "compared"
+    assert len(statuses) == 3
+
+
 def test_auto_epochs_without_selection_names_the_fix(store, tracking_uri: str):
     cfg = compose_config(["backend=tensorflow", "epochs=auto", "tracking.uri=" + tracking_uri])
 
@@ -225,7 +303,14 @@ def test_no_matching_runs_creates_no_comparison(store, tracking_uri: str, capsys
     log_run(client, experiment_id, config_id="a", backend="tensorflow", seed=0, metrics={"total_time_s": 1.0})
 
     assert compare.main(["tracking_uri=" + tracking_uri, "dataset=cifar10"]) == 2
-    assert "no FINISHED training runs in experiment 'paper-cnn-backends' match filters dataset=cifar10" in (
-        capsys.readouterr().err
-    )
+    error = capsys.readouterr().err
+    assert "no FINISHED training runs in experiment 'paper-cnn-backends' match filters dataset=cifar10" in error
+    assert "dataset has: mnist" in error
     assert not any(is_comparison_run(run) for run in runs_in(tracking_uri))
+
+
+def test_report_numbers_avoid_exponent_form():
+    assert report._format(100.0, 2) == "100"
+    assert report._format(1234.5, 2) == "1234"
+    assert report._format(0.0075, 2) == "0.0075"
+    assert report._format(51.0, 2) == "51"
