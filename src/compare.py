@@ -61,7 +61,7 @@ def parse_arguments(argv: list[str]) -> tuple[dict[str, list[str]], dict[str, st
     parser.add_argument(
         "--no-record", action="store_true", help="write the files but create no comparison run in MLflow"
     )
-    arguments = parser.parse_args(argv)
+    arguments = parser.parse_intermixed_args(argv)
 
     filters: dict[str, list[str]] = {}
     settings = {"experiment_name": DEFAULT_EXPERIMENT, "tracking_uri": ""}

@@ -173,7 +173,8 @@ def test_labels_tell_groups_apart(store, tracking_uri: str, tmp_path: Path):
     log_run(client, experiment_id, config_id="id3", backend="tensorflow", seed=0, metrics={}, model="tuned_cnn")
 
     output = tmp_path / "out"
-    assert compare.main(["tracking_uri=" + tracking_uri, "--output", str(output), "--no-record"]) == 0
+    # Options before the KEY=VALUE settings, as well as after them.
+    assert compare.main(["--output", str(output), "--no-record", "tracking_uri=" + tracking_uri]) == 0
 
     labels = {row["configuration"] for row in read_csv(output / "overview.csv")}
     assert labels == {
