@@ -13,11 +13,14 @@ and Elephas 0.4.5), so it keeps to syntax and calls that both accept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 # Spark job descriptions, which the REST API reports as each stage's `description`.
@@ -83,9 +86,12 @@ def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, r
     try:
         context = _start_spark(topology, config, scratch)
         started_ms = context.startTime
+        interruption = _Interruption(context)
         interrupted = False
         try:
-            _train_rounds(context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter)
+            _train_rounds(
+                context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter, interruption
+            )
         except KeyboardInterrupt:
             # The parent kills this process 10 s after SIGINT, so the running job is cancelled and
             # the metrics are read without waiting for the status store to settle.
@@ -93,6 +99,7 @@ def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, r
             context.cancelAllJobs()
             raise
         finally:
+            interruption.uninstall()
             # Read before stop(): the REST API goes away with the context.
             metrics, details = _read_spark_metrics(context, settle_s=0.0 if interrupted else STATUS_SETTLE_S)
             context.stop()
@@ -148,6 +155,52 @@ def _start_spark(topology: dict, config: dict, scratch: str):
         ) from error
     context.setLogLevel("WARN")
     return context
+
+
+class _Interruption:
+    """SIGINT handling for the driver while a SparkContext runs.
+
+    PySpark's own SIGINT handler (SparkContext.__init__, PySpark 3.4 and 4) calls cancelAllJobs() on the main
+    thread's py4j connection, which
+    is still waiting for the running job's result. The call fails ("reentrant call") and the
+    KeyboardInterrupt never comes. This handler instead cancels the jobs from a new thread, which
+    gets a py4j connection of its own, and lets the job's call return its cancellation error, which
+    `spark_call` turns into KeyboardInterrupt. Outside Spark calls it raises KeyboardInterrupt at once.
+    """
+
+    def __init__(self, context):
+        self.context = context
+        self.requested = False
+        self.in_spark_call = False
+        signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        if not self.in_spark_call:
+            raise KeyboardInterrupt
+        canceller = threading.Thread(target=self.context.cancelAllJobs, name="cancel-spark-jobs")
+        canceller.daemon = True
+        canceller.start()
+
+    @contextlib.contextmanager
+    def spark_call(self):
+        """Mark a block of py4j calls that SIGINT must not break, and raise KeyboardInterrupt after it if requested."""
+        if self.requested:
+            raise KeyboardInterrupt
+        self.in_spark_call = True
+        try:
+            yield
+        except Exception as error:
+            if self.requested:
+                raise KeyboardInterrupt from error
+            raise
+        finally:
+            self.in_spark_call = False
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 def _spark_settings(topology: dict) -> dict:
@@ -208,24 +261,28 @@ def _copy_executor_logs(scratch: str, max_lines: int = 200) -> None:
     sys.stderr.flush()
 
 
-def _train_rounds(context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter) -> None:
-    context.setJobDescription(CACHE_JOB)
-    samples = context.parallelize(list(zip(x_train, y_train)), numSlices=partitions).cache()
-    samples.count()
+def _train_rounds(
+    context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter, interruption
+) -> None:
+    with interruption.spark_call():
+        context.setJobDescription(CACHE_JOB)
+        samples = context.parallelize(list(zip(x_train, y_train)), numSlices=partitions).cache()
+        samples.count()
 
     modern = keras.__version__.startswith("3.")
     train_config = {"epochs": 1, "batch_size": config["batch_size"], "verbose": 0, "validation_split": 0.0}
     weights = model.get_weights()
     for epoch in range(1, config["epochs"] + 1):
         started = time.perf_counter()
-        parameters = context.broadcast(weights)
-        elephas_worker = _elephas_worker(keras, model, parameters, train_config, config)
-        trainer = _partition_trainer(elephas_worker, modern, config["seed"], epoch)
-        context.setJobDescription(EPOCH_JOB.format(epoch))
-        job_started = time.perf_counter()
-        outcomes = samples.mapPartitionsWithIndex(trainer).collect()
-        job_time_s = time.perf_counter() - job_started
-        parameters.destroy()
+        with interruption.spark_call():
+            parameters = context.broadcast(weights)
+            elephas_worker = _elephas_worker(keras, model, parameters, train_config, config)
+            trainer = _partition_trainer(elephas_worker, modern, config["seed"], epoch)
+            context.setJobDescription(EPOCH_JOB.format(epoch))
+            job_started = time.perf_counter()
+            outcomes = samples.mapPartitionsWithIndex(trainer).collect()
+            job_time_s = time.perf_counter() - job_started
+            parameters.destroy()
 
         weights = subtract_mean_change(weights, [outcome["deltas"] for outcome in outcomes])
         model.set_weights(weights)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPOSITORY_ROOT, compose_config, run_cli, runs_in
+from conftest import REPOSITORY_ROOT, compose_config, run_cli, runs_in, start_module
 from mlflow.tracking import MlflowClient
 
 from src.config import ConfigError, config_id, validate_config
@@ -121,6 +121,9 @@ def test_layouts_have_distinct_config_ids():
 def test_local_cluster_run_records_spark_metrics(cli_env, tmp_path: Path, tracking_uri: str):
     result = run_cli([*SMALL_CLUSTER, "dataset.limit=2000", "epochs=2"], cli_env, tmp_path)
     assert result.returncode == 0, result.stderr
+    # Keras prints no progress on Spark, so the parent prints one line per epoch.
+    assert "epoch 1/2: val_error" in result.stdout + result.stderr
+    assert "epoch 2/2: val_error" in result.stdout + result.stderr
 
     [run] = runs_in(tracking_uri)
     run_id = run.info.run_id
@@ -238,6 +241,51 @@ def test_killed_executor_leaves_consistent_record(cli_env, tmp_path: Path, creat
     while any(is_alive(pid) for pid in seen) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert [command for pid, command in seen.items() if is_alive(pid)] == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cluster_with_record(cli_env, tmp_path: Path, created_store: str):
+    arguments = [*SMALL_CLUSTER, "dataset.limit=2000", "epochs=3", "hydra.run.dir={}".format(tmp_path / "hydra-run")]
+    # The run's scratch folder is made under TMPDIR, so that the test can check that it goes.
+    scratch_parent = tmp_path / "tmp"
+    scratch_parent.mkdir()
+    job = start_module("src.train", arguments, dict(cli_env, TMPDIR=str(scratch_parent)))
+    seen: dict[int, str] = {}
+    try:
+        # Ctrl-C once the first epoch is logged, so that the second epoch's Spark job is running.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and job.poll() is None:
+            seen.update(descendants(job.pid))
+            runs = runs_in(created_store)
+            if runs and metric_steps(created_store, runs[0].info.run_id, "val_error"):
+                break
+            time.sleep(0.5)
+        assert job.poll() is None, job.stdout.read()
+        seen.update(descendants(job.pid))
+        os.kill(job.pid, signal.SIGINT)
+        output, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+
+    assert job.returncode == 130, output
+    [run] = runs_in(created_store)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"].startswith("interrupted by"), run.data.tags["failure_reason"]
+    assert "exit_code" in run.data.tags
+    assert run.data.tags["exit_code"] != "-9", "the training process had to be killed"
+    assert "spark.metrics_error" not in run.data.tags
+    for name in ("spark_total_time_s", "spark_tasks", "spark_executors", "spark_cores"):
+        assert name in run.data.metrics, name
+    details = spark_details(created_store, run.info.run_id, tmp_path)
+    assert details["stages"][0]["description"] == "cache training data"
+
+    # The Spark JVMs and the executors' Python workers stop with the run, and its scratch folder goes.
+    deadline = time.monotonic() + 20
+    while any(is_alive(pid) for pid in seen) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [command for pid, command in seen.items() if is_alive(pid)] == []
+    assert list(scratch_parent.iterdir()) == []
 
 
 @pytest.mark.parametrize(
