@@ -160,12 +160,12 @@ def _start_spark(topology: dict, config: dict, scratch: str):
 class _Interruption:
     """SIGINT handling for the driver while a SparkContext runs.
 
-    PySpark's own SIGINT handler (SparkContext.__init__, PySpark 3.4 and 4) calls cancelAllJobs() on the main
-    thread's py4j connection, which
-    is still waiting for the running job's result. The call fails ("reentrant call") and the
-    KeyboardInterrupt never comes. This handler instead cancels the jobs from a new thread, which
-    gets a py4j connection of its own, and lets the job's call return its cancellation error, which
-    `spark_call` turns into KeyboardInterrupt. Outside Spark calls it raises KeyboardInterrupt at once.
+    PySpark's own SIGINT handler (set in SparkContext.__init__, PySpark 3.4 and 4) calls cancelAllJobs()
+    on the main thread's py4j connection, which is still waiting for the running job's result. That
+    call fails ("reentrant call") and no KeyboardInterrupt follows. This handler instead cancels the
+    jobs from a new thread, which gets a py4j connection of its own. The job's call then returns its
+    cancellation error, which `spark_call` turns into KeyboardInterrupt. Outside Spark calls the
+    handler raises KeyboardInterrupt at once.
     """
 
     def __init__(self, context):
