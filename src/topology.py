@@ -55,10 +55,44 @@ def topology_problems(cfg: DictConfig) -> list[str]:
             )
         )
 
+    if not problems:
+        partition_problem = small_partitions(cfg)
+        if partition_problem:
+            problems.append(partition_problem)
+
     java_problem = missing_java()
     if java_problem:
         problems.append(java_problem)
     return problems
+
+
+def small_partitions(cfg: DictConfig) -> str | None:
+    """Return why the training set's partitions are too small for Elephas to train, or None.
+
+    Elephas trains no partition that has at most batch_size samples. The sizes come from the config:
+    dataset.train_size (the full training split), dataset.limit and the holdout share, computed as
+    src.data.arrays.build_splits does. A dataset without train_size is checked when training starts.
+    """
+    full = cfg.dataset.get("train_size")
+    limit = cfg.dataset.get("limit")
+    batch_size = cfg.get("batch_size")
+    if not _is_whole(full) or not _is_whole(batch_size) or (limit is not None and not _is_whole(limit)):
+        return None
+
+    samples = min(full, limit) if limit is not None else full
+    if cfg.validation.split == "holdout":
+        samples -= max(1, round(samples * cfg.validation.fraction))
+    partitions = cfg.topology.get("partitions") or cfg.topology.executors * cfg.topology.cores_per_executor
+    smallest = samples // partitions
+    if smallest > batch_size:
+        return None
+    return (
+        "topology={} splits {} training samples into {} partitions of {} or fewer, not more than batch_size={}, "
+        "and Elephas trains no partition that small. Raise dataset.limit so that at least {} samples train, "
+        "lower batch_size, or set topology.partitions lower.".format(
+            cfg.topology.name, samples, partitions, smallest, batch_size, partitions * (batch_size + 1)
+        )
+    )
 
 
 def missing_java() -> str | None:
