@@ -47,6 +47,10 @@ class TopologyError(RuntimeError):
     """A Spark topology that cannot start or cannot train this data; the message names what to change."""
 
 
+class SparkJobError(RuntimeError):
+    """A Spark call that failed during training; the message is the first line of Spark's own error."""
+
+
 def master_url(topology: dict) -> str:
     """Return the Spark master URL for the `topology` config group."""
     if topology["master"] == "local":
@@ -98,6 +102,16 @@ def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, r
             interrupted = True
             context.cancelAllJobs()
             raise
+        except Exception as error:
+            java_error = getattr(error, "java_exception", None)
+            if java_error is None:
+                raise
+            # A Py4JJavaError's text is the whole Java stack trace; its first line names the cause.
+            raise SparkJobError(
+                "Spark failed: {}. The executors' errors and Spark's log are in worker.log.".format(
+                    str(java_error).strip().splitlines()[0]
+                )
+            ) from error
         finally:
             interruption.uninstall()
             # Read before stop(): the REST API goes away with the context.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 from typing import Any
 
 from omegaconf import DictConfig
@@ -59,6 +60,9 @@ def topology_problems(cfg: DictConfig) -> list[str]:
         partition_problem = small_partitions(cfg)
         if partition_problem:
             problems.append(partition_problem)
+        master_problem = unreachable_master(str(master))
+        if master_problem:
+            problems.append(master_problem)
 
     java_problem = missing_java()
     if java_problem:
@@ -92,6 +96,37 @@ def small_partitions(cfg: DictConfig) -> str | None:
         "lower batch_size, or set topology.partitions lower.".format(
             cfg.topology.name, samples, partitions, smallest, batch_size, partitions * (batch_size + 1)
         )
+    )
+
+
+def unreachable_master(master: str) -> str | None:
+    """Return why Spark could not reach a cluster master, found before any run exists, or None.
+
+    Without this, a spark:// master that nothing listens on fails the run only after Spark's
+    registration retries (about a minute), and YARN without its config folder fails with
+    "Java gateway process exited", the real cause only in worker.log.
+    """
+    if master == "yarn":
+        if os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR"):
+            return None
+        return (
+            "topology.master=yarn needs HADOOP_CONF_DIR or YARN_CONF_DIR, the folder with yarn-site.xml that "
+            "names the ResourceManager, and neither is set. Set one, or use a spark:// master."
+        )
+    if not master.startswith("spark://"):
+        return None
+
+    failures = []
+    for address in master[len("spark://") :].split(","):
+        host, port = address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+            return None
+        except OSError as error:
+            failures.append("{}: {}".format(address, error.strerror or error))
+    return (
+        "topology.master={} is not reachable ({}). Start the Spark master (sbin/start-master.sh), or correct "
+        "the host and port; the master's web UI shows its spark:// URL.".format(master, "; ".join(failures))
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,12 +94,18 @@ def test_round_subtracts_mean_of_changes():
         (["topology=spark_5x4"], "local-cluster[5,4,512]", 20),
         (["topology=spark_4x5", "topology.executor_memory_mb=768"], "local-cluster[4,5,768]", 20),
         (["topology=spark_local", "topology.partitions=3"], "local[4]", 3),
-        (["topology=spark_cluster", "topology.master=spark://node1:7077"], "spark://node1:7077", 20),
+        # Validation connects to a spark:// master, so this one is a socket the test listens on.
+        (["topology=spark_cluster", "topology.master=spark://127.0.0.1:{port}"], "spark://127.0.0.1:{port}", 20),
     ],
 )
 def test_topology_gives_master_and_partitions(overrides, url, partitions):
-    cfg = compose_config(overrides)
-    validate_config(cfg)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        url = url.format(port=port)
+        cfg = compose_config([override.format(port=port) for override in overrides])
+        validate_config(cfg)
     topology = dict(cfg.topology)
 
     assert master_url(topology) == url
@@ -303,6 +310,10 @@ def test_ctrl_c_stops_cluster_with_record(cli_env, tmp_path: Path, created_store
             "splits 3780 training samples into 20 partitions of 189 or fewer",
         ),
         (["topology=spark_4x5", "topology.partitions=400"], "Raise dataset.limit so that at least 80400 samples"),
+        (
+            ["topology=spark_cluster", "topology.master=spark://127.0.0.1:1"],
+            "topology.master=spark://127.0.0.1:1 is not reachable (127.0.0.1:1: Connection refused)",
+        ),
     ],
 )
 def test_bad_topology_fails_before_any_run(overrides, expected, cli_env, tmp_path: Path, tracking_uri: str):
@@ -310,6 +321,15 @@ def test_bad_topology_fails_before_any_run(overrides, expected, cli_env, tmp_pat
 
     assert result.returncode == 2
     assert expected in result.stderr
+    assert runs_in(tracking_uri) == []
+
+
+def test_yarn_without_conf_dir_fails_early(cli_env, tmp_path: Path, tracking_uri: str):
+    env = {name: value for name, value in cli_env.items() if name not in ("HADOOP_CONF_DIR", "YARN_CONF_DIR")}
+    result = run_cli(["topology=spark_cluster", "topology.master=yarn"], env, tmp_path)
+
+    assert result.returncode == 2
+    assert "topology.master=yarn needs HADOOP_CONF_DIR or YARN_CONF_DIR" in result.stderr
     assert runs_in(tracking_uri) == []
 
 
