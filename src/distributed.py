@@ -106,12 +106,13 @@ def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, r
             java_error = getattr(error, "java_exception", None)
             if java_error is None:
                 raise
-            # A Py4JJavaError's text is the whole Java stack trace; its first line names the cause.
-            raise SparkJobError(
-                "Spark failed: {}. The executors' errors and Spark's log are in worker.log.".format(
-                    str(java_error).strip().splitlines()[0]
-                )
-            ) from error
+            # A Py4JJavaError's text is the whole Java stack trace. Its first line names the cause.
+            cause = str(java_error).strip().splitlines()[0].rstrip(".")
+            hint = "The executors' errors and Spark's log are in worker.log."
+            if "stopped SparkContext" in cause:
+                # Spark stops the context itself when no master accepts the application in time.
+                hint = "Spark gave up on the master or the executors; check topology.master and worker.log."
+            raise SparkJobError("Spark failed: {}. {}".format(cause, hint)) from error
         finally:
             interruption.uninstall()
             # Read before stop(): the REST API goes away with the context.
