@@ -31,6 +31,8 @@ IDENTITY_EXCLUDED = (
     "cache_dir",
     "dataset.dir",
     "dataset.urls",
+    # A fact about the dataset that validation reads, not a setting of the run.
+    "dataset.train_size",
     "backend.compiledir",
     "topology.driver_host",
 )

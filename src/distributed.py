@@ -13,11 +13,14 @@ and Elephas 0.4.5), so it keeps to syntax and calls that both accept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 # Spark job descriptions, which the REST API reports as each stage's `description`.
@@ -42,6 +45,10 @@ STATUS_SETTLE_S = 10.0
 
 class TopologyError(RuntimeError):
     """A Spark topology that cannot start or cannot train this data; the message names what to change."""
+
+
+class SparkJobError(RuntimeError):
+    """A Spark call that failed during training; the message is the first line of Spark's own error."""
 
 
 def master_url(topology: dict) -> str:
@@ -83,16 +90,31 @@ def train_on_spark(keras, model, x_train, y_train, x_val, y_val, config: dict, r
     try:
         context = _start_spark(topology, config, scratch)
         started_ms = context.startTime
+        interruption = _Interruption(context)
         interrupted = False
         try:
-            _train_rounds(context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter)
+            _train_rounds(
+                context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter, interruption
+            )
         except KeyboardInterrupt:
             # The parent kills this process 10 s after SIGINT, so the running job is cancelled and
             # the metrics are read without waiting for the status store to settle.
             interrupted = True
             context.cancelAllJobs()
             raise
+        except Exception as error:
+            java_error = getattr(error, "java_exception", None)
+            if java_error is None:
+                raise
+            # A Py4JJavaError's text is the whole Java stack trace. Its first line names the cause.
+            cause = str(java_error).strip().splitlines()[0].rstrip(".")
+            hint = "The executors' errors and Spark's log are in worker.log."
+            if "stopped SparkContext" in cause:
+                # Spark stops the context itself when no master accepts the application in time.
+                hint = "Spark gave up on the master or the executors; check topology.master and worker.log."
+            raise SparkJobError("Spark failed: {}. {}".format(cause, hint)) from error
         finally:
+            interruption.uninstall()
             # Read before stop(): the REST API goes away with the context.
             metrics, details = _read_spark_metrics(context, settle_s=0.0 if interrupted else STATUS_SETTLE_S)
             context.stop()
@@ -148,6 +170,52 @@ def _start_spark(topology: dict, config: dict, scratch: str):
         ) from error
     context.setLogLevel("WARN")
     return context
+
+
+class _Interruption:
+    """SIGINT handling for the driver while a SparkContext runs.
+
+    PySpark's own SIGINT handler (set in SparkContext.__init__, PySpark 3.4 and 4) calls cancelAllJobs()
+    on the main thread's py4j connection, which is still waiting for the running job's result. That
+    call fails ("reentrant call") and no KeyboardInterrupt follows. This handler instead cancels the
+    jobs from a new thread, which gets a py4j connection of its own. The job's call then returns its
+    cancellation error, which `spark_call` turns into KeyboardInterrupt. Outside Spark calls the
+    handler raises KeyboardInterrupt at once.
+    """
+
+    def __init__(self, context):
+        self.context = context
+        self.requested = False
+        self.in_spark_call = False
+        signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        if not self.in_spark_call:
+            raise KeyboardInterrupt
+        canceller = threading.Thread(target=self.context.cancelAllJobs, name="cancel-spark-jobs")
+        canceller.daemon = True
+        canceller.start()
+
+    @contextlib.contextmanager
+    def spark_call(self):
+        """Mark a block of py4j calls that SIGINT must not break, and raise KeyboardInterrupt after it if requested."""
+        if self.requested:
+            raise KeyboardInterrupt
+        self.in_spark_call = True
+        try:
+            yield
+        except Exception as error:
+            if self.requested:
+                raise KeyboardInterrupt from error
+            raise
+        finally:
+            self.in_spark_call = False
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 def _spark_settings(topology: dict) -> dict:
@@ -208,24 +276,28 @@ def _copy_executor_logs(scratch: str, max_lines: int = 200) -> None:
     sys.stderr.flush()
 
 
-def _train_rounds(context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter) -> None:
-    context.setJobDescription(CACHE_JOB)
-    samples = context.parallelize(list(zip(x_train, y_train)), numSlices=partitions).cache()
-    samples.count()
+def _train_rounds(
+    context, keras, model, x_train, y_train, x_val, y_val, config, partitions, reporter, interruption
+) -> None:
+    with interruption.spark_call():
+        context.setJobDescription(CACHE_JOB)
+        samples = context.parallelize(list(zip(x_train, y_train)), numSlices=partitions).cache()
+        samples.count()
 
     modern = keras.__version__.startswith("3.")
     train_config = {"epochs": 1, "batch_size": config["batch_size"], "verbose": 0, "validation_split": 0.0}
     weights = model.get_weights()
     for epoch in range(1, config["epochs"] + 1):
         started = time.perf_counter()
-        parameters = context.broadcast(weights)
-        elephas_worker = _elephas_worker(keras, model, parameters, train_config, config)
-        trainer = _partition_trainer(elephas_worker, modern, config["seed"], epoch)
-        context.setJobDescription(EPOCH_JOB.format(epoch))
-        job_started = time.perf_counter()
-        outcomes = samples.mapPartitionsWithIndex(trainer).collect()
-        job_time_s = time.perf_counter() - job_started
-        parameters.destroy()
+        with interruption.spark_call():
+            parameters = context.broadcast(weights)
+            elephas_worker = _elephas_worker(keras, model, parameters, train_config, config)
+            trainer = _partition_trainer(elephas_worker, modern, config["seed"], epoch)
+            context.setJobDescription(EPOCH_JOB.format(epoch))
+            job_started = time.perf_counter()
+            outcomes = samples.mapPartitionsWithIndex(trainer).collect()
+            job_time_s = time.perf_counter() - job_started
+            parameters.destroy()
 
         weights = subtract_mean_change(weights, [outcome["deltas"] for outcome in outcomes])
         model.set_weights(weights)

@@ -233,8 +233,12 @@ def _train_in_child(client, run_id, cfg, python, located, record, position, scra
     spec_file = scratch_dir / "spec.json"
     spec_file.write_text(json.dumps({"config": plain_config(cfg), "dataset": located, "progress": progress}))
 
+    # Keras prints the progress of single runs. Spark runs train outside Keras' fit(), so the
+    # parent prints their epoch lines.
+    echo_epochs = progress == "none" or cfg.topology.name != "single"
+
     def on_report(report: dict) -> None:
-        _handle_report(client, run_id, cfg, report, record, position, echo_epochs=progress == "none")
+        _handle_report(client, run_id, cfg, report, record, position, echo_epochs=echo_epochs)
         if on_epoch is not None and report["event"] == "epoch":
             reason = on_epoch(report)
             if reason:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 from typing import Any
 
 from omegaconf import DictConfig
@@ -55,10 +56,78 @@ def topology_problems(cfg: DictConfig) -> list[str]:
             )
         )
 
+    if not problems:
+        partition_problem = small_partitions(cfg)
+        if partition_problem:
+            problems.append(partition_problem)
+        master_problem = unreachable_master(str(master))
+        if master_problem:
+            problems.append(master_problem)
+
     java_problem = missing_java()
     if java_problem:
         problems.append(java_problem)
     return problems
+
+
+def small_partitions(cfg: DictConfig) -> str | None:
+    """Return why the training set's partitions are too small for Elephas to train, or None.
+
+    Elephas trains no partition that has at most batch_size samples. The sizes come from the config:
+    dataset.train_size (the full training split), dataset.limit and the holdout share, computed as
+    src.data.arrays.build_splits does. A dataset without train_size is checked when training starts.
+    """
+    full = cfg.dataset.get("train_size")
+    limit = cfg.dataset.get("limit")
+    batch_size = cfg.get("batch_size")
+    if not _is_whole(full) or not _is_whole(batch_size) or (limit is not None and not _is_whole(limit)):
+        return None
+
+    samples = min(full, limit) if limit is not None else full
+    if cfg.validation.split == "holdout":
+        samples -= max(1, round(samples * cfg.validation.fraction))
+    partitions = cfg.topology.get("partitions") or cfg.topology.executors * cfg.topology.cores_per_executor
+    smallest = samples // partitions
+    if smallest > batch_size:
+        return None
+    return (
+        "topology={} splits {} training samples into {} partitions of {} or fewer, not more than batch_size={}, "
+        "and Elephas trains no partition that small. Raise dataset.limit so that at least {} samples train, "
+        "lower batch_size, or set topology.partitions lower.".format(
+            cfg.topology.name, samples, partitions, smallest, batch_size, partitions * (batch_size + 1)
+        )
+    )
+
+
+def unreachable_master(master: str) -> str | None:
+    """Return why Spark could not reach a cluster master, found before any run exists, or None.
+
+    Without this, a spark:// master that nothing listens on fails the run only after Spark's
+    registration retries (about a minute), and YARN without its config folder fails with
+    "Java gateway process exited", the real cause only in worker.log.
+    """
+    if master == "yarn":
+        if os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR"):
+            return None
+        return (
+            "topology.master=yarn needs HADOOP_CONF_DIR or YARN_CONF_DIR, the folder with yarn-site.xml that "
+            "names the ResourceManager, and neither is set. Set one, or use a spark:// master."
+        )
+    if not master.startswith("spark://"):
+        return None
+
+    failures = []
+    for address in master[len("spark://") :].split(","):
+        host, port = address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+            return None
+        except OSError as error:
+            failures.append("{}: {}".format(address, error.strerror or error))
+    return (
+        "topology.master={} is not reachable ({}). Start the Spark master (sbin/start-master.sh), or correct "
+        "the host and port; the master's web UI shows its spark:// URL.".format(master, "; ".join(failures))
+    )
 
 
 def missing_java() -> str | None:

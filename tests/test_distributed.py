@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPOSITORY_ROOT, compose_config, run_cli, runs_in
+from conftest import REPOSITORY_ROOT, compose_config, run_cli, runs_in, start_module
 from mlflow.tracking import MlflowClient
 
 from src.config import ConfigError, config_id, validate_config
@@ -93,12 +94,18 @@ def test_round_subtracts_mean_of_changes():
         (["topology=spark_5x4"], "local-cluster[5,4,512]", 20),
         (["topology=spark_4x5", "topology.executor_memory_mb=768"], "local-cluster[4,5,768]", 20),
         (["topology=spark_local", "topology.partitions=3"], "local[4]", 3),
-        (["topology=spark_cluster", "topology.master=spark://node1:7077"], "spark://node1:7077", 20),
+        # Validation connects to a spark:// master, so this one is a socket the test listens on.
+        (["topology=spark_cluster", "topology.master=spark://127.0.0.1:{port}"], "spark://127.0.0.1:{port}", 20),
     ],
 )
 def test_topology_gives_master_and_partitions(overrides, url, partitions):
-    cfg = compose_config(overrides)
-    validate_config(cfg)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        url = url.format(port=port)
+        cfg = compose_config([override.format(port=port) for override in overrides])
+        validate_config(cfg)
     topology = dict(cfg.topology)
 
     assert master_url(topology) == url
@@ -121,6 +128,9 @@ def test_layouts_have_distinct_config_ids():
 def test_local_cluster_run_records_spark_metrics(cli_env, tmp_path: Path, tracking_uri: str):
     result = run_cli([*SMALL_CLUSTER, "dataset.limit=2000", "epochs=2"], cli_env, tmp_path)
     assert result.returncode == 0, result.stderr
+    # Keras prints no progress on Spark, so the parent prints one line per epoch.
+    assert "epoch 1/2: val_error" in result.stdout + result.stderr
+    assert "epoch 2/2: val_error" in result.stdout + result.stderr
 
     [run] = runs_in(tracking_uri)
     run_id = run.info.run_id
@@ -240,12 +250,70 @@ def test_killed_executor_leaves_consistent_record(cli_env, tmp_path: Path, creat
     assert [command for pid, command in seen.items() if is_alive(pid)] == []
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_cluster_with_record(cli_env, tmp_path: Path, created_store: str):
+    arguments = [*SMALL_CLUSTER, "dataset.limit=2000", "epochs=3", "hydra.run.dir={}".format(tmp_path / "hydra-run")]
+    # The run's scratch folder is made under TMPDIR, so that the test can check that it goes.
+    scratch_parent = tmp_path / "tmp"
+    scratch_parent.mkdir()
+    job = start_module("src.train", arguments, dict(cli_env, TMPDIR=str(scratch_parent)))
+    seen: dict[int, str] = {}
+    try:
+        # Ctrl-C once the first epoch is logged, so that the second epoch's Spark job is running.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and job.poll() is None:
+            seen.update(descendants(job.pid))
+            runs = runs_in(created_store)
+            if runs and metric_steps(created_store, runs[0].info.run_id, "val_error"):
+                break
+            time.sleep(0.5)
+        assert job.poll() is None, job.stdout.read()
+        seen.update(descendants(job.pid))
+        os.kill(job.pid, signal.SIGINT)
+        output, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+
+    assert job.returncode == 130, output
+    [run] = runs_in(created_store)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"].startswith("interrupted by"), run.data.tags["failure_reason"]
+    assert "exit_code" in run.data.tags
+    assert run.data.tags["exit_code"] != "-9", "the training process had to be killed"
+    assert "spark.metrics_error" not in run.data.tags
+    for name in ("spark_total_time_s", "spark_tasks", "spark_executors", "spark_cores"):
+        assert name in run.data.metrics, name
+    details = spark_details(created_store, run.info.run_id, tmp_path)
+    assert details["stages"][0]["description"] == "cache training data"
+
+    # The Spark JVMs and the executors' Python workers stop with the run, and its scratch folder goes.
+    deadline = time.monotonic() + 20
+    while any(is_alive(pid) for pid in seen) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [command for pid, command in seen.items() if is_alive(pid)] == []
+    assert list(scratch_parent.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
         (["topology=spark_5x4", "topology.executor_memory_mb=256"], "topology.executor_memory_mb=256 is invalid"),
         (["topology=spark_cluster"], "topology.master=null is invalid"),
         (["topology=spark_cluster", "topology.master=spark://host"], "topology.master=spark://host is invalid"),
+        (
+            ["topology=spark_5x4", "dataset.limit=3000"],
+            "splits 3000 training samples into 20 partitions of 150 or fewer, not more than batch_size=200",
+        ),
+        (
+            ["topology=spark_4x5", "dataset.limit=4200", "validation.split=holdout"],
+            "splits 3780 training samples into 20 partitions of 189 or fewer",
+        ),
+        (["topology=spark_4x5", "topology.partitions=400"], "Raise dataset.limit so that at least 80400 samples"),
+        (
+            ["topology=spark_cluster", "topology.master=spark://127.0.0.1:1"],
+            "topology.master=spark://127.0.0.1:1 is not reachable (127.0.0.1:1: Connection refused)",
+        ),
     ],
 )
 def test_bad_topology_fails_before_any_run(overrides, expected, cli_env, tmp_path: Path, tracking_uri: str):
@@ -256,6 +324,15 @@ def test_bad_topology_fails_before_any_run(overrides, expected, cli_env, tmp_pat
     assert runs_in(tracking_uri) == []
 
 
+def test_yarn_without_conf_dir_fails_early(cli_env, tmp_path: Path, tracking_uri: str):
+    env = {name: value for name, value in cli_env.items() if name not in ("HADOOP_CONF_DIR", "YARN_CONF_DIR")}
+    result = run_cli(["topology=spark_cluster", "topology.master=yarn"], env, tmp_path)
+
+    assert result.returncode == 2
+    assert "topology.master=yarn needs HADOOP_CONF_DIR or YARN_CONF_DIR" in result.stderr
+    assert runs_in(tracking_uri) == []
+
+
 def test_missing_java_names_the_fix(cli_env, tmp_path: Path, tracking_uri: str):
     env = dict(cli_env, JAVA_HOME=str(tmp_path / "no-java"))
     result = run_cli(["topology=spark_local"], env, tmp_path)
@@ -263,18 +340,6 @@ def test_missing_java_names_the_fix(cli_env, tmp_path: Path, tracking_uri: str):
     assert result.returncode == 2
     assert "JAVA_HOME={} has no bin/java".format(tmp_path / "no-java") in result.stderr
     assert runs_in(tracking_uri) == []
-
-
-@pytest.mark.slow
-def test_partitions_too_small_fail_with_the_fix(cli_env, tmp_path: Path, tracking_uri: str):
-    # 1,000 samples in 20 partitions leave 50 each, fewer than batch_size=200.
-    result = run_cli(["topology=spark_4x5", "dataset.limit=1000"], cli_env, tmp_path)
-
-    assert result.returncode == 1
-    [run] = runs_in(tracking_uri)
-    assert run.info.status == "FAILED"
-    assert "leave 50 per partition" in run.data.tags["failure_reason"]
-    assert "Raise dataset.limit to at least 4020" in run.data.tags["failure_reason"]
 
 
 # Prints each job's configuration instead of training, through the suite's own config and sweeper.
