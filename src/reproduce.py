@@ -179,7 +179,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--tracking-uri",
         default=None,
-        help="store that holds the run (default: MLFLOW_TRACKING_URI, else the suite's mlruns/mlflow.db)",
+        help=(
+            "tracking URI of the store that contains the run "
+            "(default: MLFLOW_TRACKING_URI, else the suite's mlruns/mlflow.db)"
+        ),
     )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")

@@ -57,15 +57,15 @@ class RunGroup:
 
     def pairing_key(self) -> tuple[tuple[str, str], ...]:
         """Return every param that shapes the result except the backend's, to find the same set-up on other backends."""
-        kept = {
+        setting = {
             key: value
             for key, value in self.params.items()
             if not any(key == prefix or key.startswith(prefix) for prefix in PAIRING_EXCLUDED_PREFIXES)
         }
-        kept["device"] = self.tag("device")
-        kept["topology"] = self.tag("topology")
-        kept["model"] = self.tag("model")
-        return tuple(sorted(kept.items()))
+        setting["device"] = self.tag("device")
+        setting["topology"] = self.tag("topology")
+        setting["model"] = self.tag("model")
+        return tuple(sorted(setting.items()))
 
 
 @dataclass
@@ -116,10 +116,10 @@ def select_runs(runs: list[Run], filters: dict[str, list[str]]) -> RunSelection:
         else:
             newest[key] = run
     superseded_ids = {run.info.run_id for run in superseded}
-    kept = [run for run in finished if run.info.run_id not in superseded_ids]
+    compared = [run for run in finished if run.info.run_id not in superseded_ids]
     if superseded:
         skipped[SUPERSEDED] = len(superseded)
-    return RunSelection(kept, skipped, comparisons, superseded)
+    return RunSelection(compared, skipped, comparisons, superseded)
 
 
 def group_runs(runs: list[Run]) -> list[RunGroup]:

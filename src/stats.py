@@ -136,9 +136,9 @@ def select_epoch_count(means: Sequence[float], stds: Sequence[float]) -> int:
     """Return the epoch count (1-based) that the one-standard-deviation rule picks from a mean curve.
 
     The rule: find the epoch with the lowest mean validation error, then take the first epoch whose
-    mean is at most that lowest mean plus the runs' standard deviation at that best epoch. Later
-    epochs cannot be told apart from the best one by more than the seed-to-seed spread, so training
-    longer buys nothing that the repeats can show. Without a spread (one run) it is the best epoch.
+    mean is at most that lowest mean plus the runs' standard deviation at that best epoch. After that
+    epoch the mean improves by less than the seed-to-seed spread, so the repeats cannot show that
+    longer training helps. Without a spread (one run), the rule returns the best epoch.
     """
     means = np.asarray(means, dtype=float)
     if len(means) == 0 or np.all(np.isnan(means)):
